@@ -368,7 +368,7 @@ def select(plays: list[Play], seed: int) -> list[dict[str, object]]:
     picker = Picker()
     records: list[dict[str, object]] = []
 
-    # 1. Passages with an exactly repeated span, at most two per play.
+    # 1. Passages with an exactly repeated span.
     repeats = [(p, span) for play in plays for p in all_candidates(play, rng)
                if (span := repeated_span(p.text)) is not None]
     # Longest repeated spans first; one passage per play so they spread out.
