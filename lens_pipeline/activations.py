@@ -130,7 +130,7 @@ def _run_model(
     from lens_pipeline import extract, models
 
     log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
-    model = models.load(source, device=device, dtype=dtype)
+    model = models.load_reusing(source, device=device, dtype=dtype)
     unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
     if unknown:
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")

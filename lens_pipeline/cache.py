@@ -147,15 +147,17 @@ def serialize(contents: CacheContents, level: int = ZSTD_LEVEL) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a killed run never leaves a half-written file."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write via a temp file and rename, so a killed run never leaves a half-written file.
+    `durable` also fsyncs (survives power loss); small figures skip it for speed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,6 +181,7 @@ class Cache:
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise CacheError(f"{self.path}: schema {self.meta.get('schema_version')}, expected {SCHEMA_VERSION}")
         self._arrays: dict[str, np.ndarray] = {}
+        self._decoded_layer: tuple[int, np.ndarray] | None = None  # per-head figures reuse it
         self._decompressor = zstandard.ZstdDecompressor()
 
     def __repr__(self) -> str:
@@ -234,9 +237,13 @@ class Cache:
         """[H, T, T] float32 attention of one layer (query rows, key columns)."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
-        return decode_pattern(
-            self.array(pattern_member(layer)), self.meta["pattern_encoding"], self.causal, self.n_tokens
-        )
+        if self._decoded_layer is None or self._decoded_layer[0] != layer:
+            square = decode_pattern(
+                self.array(pattern_member(layer)), self.meta["pattern_encoding"], self.causal, self.n_tokens
+            )
+            square.flags.writeable = False  # shared between callers
+            self._decoded_layer = (layer, square)
+        return self._decoded_layer[1]
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         """[T, T] float32 attention of one head."""

@@ -78,8 +78,13 @@ def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]
     if not payload:
         return
     path = index_path(save_path)
-    with _locked(path), open(path, "a", encoding="utf-8") as handle:
-        handle.write(payload)
+    with _locked(path), open(path, "a+b") as handle:
+        # A writer killed mid-line leaves a torn row: start ours on a fresh line.
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                payload = "\n" + payload
+        handle.write(payload.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -186,3 +186,16 @@ def load(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Load
         device=device,
         dtype=dtype,
     )
+
+
+_LAST_LOADED: dict[tuple[ModelSource, str, str], LoadedModel] = {}
+
+
+def load_reusing(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """`load`, but a second call for the same model in one process (a notebook re-running the
+    stage, a test session) reuses the last model instead of paying the load again."""
+    key = (source, device, dtype)
+    if key not in _LAST_LOADED:
+        _LAST_LOADED.clear()  # hold one model at a time: they are large
+        _LAST_LOADED[key] = load(source, device=device, dtype=dtype)
+    return _LAST_LOADED[key]

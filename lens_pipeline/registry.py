@@ -42,6 +42,11 @@ class FigureSpec:
 REGISTRY: dict[str, FigureSpec] = {}
 
 
+class SkipFigure(Exception):
+    """Raised by a figure function when the figure does not apply to this input (e.g. token labels
+    on a prompt too long to read); the stage records it as skipped, not as an error."""
+
+
 def register_figure(
     scope: Scope = "head",
     formats: tuple[str, ...] | str = ("png",),
