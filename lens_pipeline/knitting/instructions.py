@@ -173,8 +173,9 @@ def _sections(grid: Grid, checks: dict[str, Any], about: dict[str, Any]) -> list
     tech = "Stranded colourwork" if grid.technique == "stranded" else "Intarsia"
     metrics = (
         f"at most {checks['max_colours_per_row']} colours per row, at most "
-        f"{checks['max_colour_runs']} colour runs per row, longest float "
-        f"{checks['longest_float']} sts (limit {limit})"
+        f"{checks['max_colour_runs']} colour runs per row, " + (
+            f"longest float {checks['longest_float']} sts (limit {limit})"
+            if grid.technique == "stranded" else "no floats (intarsia)")
     )
     glance = [
         f"Skill level: {checks['difficulty']} (Craft Yarn Council). Why: "
@@ -206,7 +207,7 @@ def _sections(grid: Grid, checks: dict[str, Any], about: dict[str, Any]) -> list
             "the back.",
             "At every colour change, twist the old and new yarns on the WS (bring the new colour "
             "up from under the old) so no hole forms.",
-            "Weave in the many ends along colour boundaries of the same colour.",
+            "There will be many ends: weave each one in along the edge of an area of its own colour.",
         ]
     if grid.mode == "round":
         tech_notes.append("Every round is read from right to left on the chart; place a marker "
@@ -218,9 +219,11 @@ def _sections(grid: Grid, checks: dict[str, Any], about: dict[str, Any]) -> list
         f"Colours per row: at most {checks['max_colours_per_row']}"
         + (f"; more than 2 in {len(checks['rows_over_two_colours'])} row(s)"
            if checks["rows_over_two_colours"] else "") + ".",
-        f"Longest float: {checks['longest_float']} sts (limit {limit} = about 2.5 cm at this gauge)"
-        + (f"; rows over the limit: {', '.join(map(str, checks['rows_over_float_limit']))}"
-           if checks["rows_over_float_limit"] else "; no row over the limit") + ".",
+        (f"Longest float: {checks['longest_float']} sts (limit {limit} = about 2.5 cm at this "
+         "gauge)" + (f"; rows over the limit: {', '.join(map(str, checks['rows_over_float_limit']))}"
+                     if checks["rows_over_float_limit"] else "; no row over the limit") + "."
+         if grid.technique == "stranded" else
+         "Floats: none; intarsia gives each colour area its own bobbin."),
         f"Colour runs per row: at most {checks['max_colour_runs']}.",
     ]
     check_items += [f"ERROR: {e}." for e in checks["errors"]]

@@ -1,0 +1,86 @@
+"""The knitting figure: model internals -> a chart, a written pattern and machine files.
+
+    knitting_pattern(cache, source="attention_layer_mean", layer=None, ...)
+
+returns {"chart.svg", "chart.pdf", "pattern.md", "pattern.txt", "grid.json", "grid.csv",
+"ayab.png", "meta.json"}. See lens_pipeline.knitting for the conventions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from lens_pipeline.knitting import Gauge, Grid, limit_colours_per_row, palette_for, pattern_files
+from lens_pipeline.knitting.grid import scheme_name
+from lens_pipeline.knitting.mapping import SOURCES, source_levels
+from lens_pipeline.registry import register_figure
+
+FORMATS = ("svg", "pdf", "md", "txt", "json", "csv", "png")
+
+
+@register_figure(scope="prompt", formats=FORMATS, name="knitting_pattern")
+def knitting_pattern(
+    cache: Any,
+    *,
+    source: str = "attention_layer_mean",
+    layer: int | None = None,
+    head: int | None = None,
+    width: int = 20,
+    height: int = 20,
+    colours: int = 3,
+    mode: str = "flat",
+    technique: str = "stranded",
+    stitches_per_10cm: float = 22.0,
+    rows_per_10cm: float = 30.0,
+    max_float: int = 5,
+    stranded_fix: str = "adjust",
+    thresholds: Sequence[float] | None = None,
+    ayab_machine: str = "standard",
+    ayab_reduce: str = "merge_contrast",
+) -> dict[str, Any]:
+    """Knitting pattern (chart SVG/PDF, written pattern, grid JSON/CSV, AYAB PNG) of one prompt.
+
+    source: attention_head | attention_layer_mean | top1_prob | resid_norms (see
+      lens_pipeline.knitting.mapping.SOURCES); layer defaults to the middle layer, head to 0.
+    width x height stitches, `colours` 2..6 from the model family's scheme.
+    mode: "flat" or "round"; technique: "stranded" or "intarsia".
+    stranded_fix: "adjust" recolours rows with more than 2 colours (logged in meta.json and the
+      pattern) or "flag" leaves them and reports an error.
+    thresholds: override the source's default thresholds (same units, recorded).
+    ayab_machine: "standard" (200 needles) or "KH-270" (112); ayab_reduce: "merge_contrast"
+      (3+ colours -> MC vs one contrast) or "error" (then ayab.png is left out, with the reason).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
+    if stranded_fix not in ("adjust", "flag"):
+        raise ValueError("stranded_fix must be 'adjust' or 'flag'")
+    if mode == "in_the_round":
+        mode = "round"
+    palette = palette_for(cache.family, colours)
+    levels, mapping = source_levels(cache, source, layer, head, width, height, colours, thresholds)
+    cells = levels[:, ::-1]  # picture column 0 is the left edge; stitch 1 is the right edge
+    adjustments: list[dict[str, Any]] = []
+    if technique == "stranded" and stranded_fix == "adjust":
+        cells, adjustments = limit_colours_per_row(cells, palette, 2)
+    grid = Grid(cells, palette, Gauge(stitches_per_10cm, rows_per_10cm), mode, technique)  # type: ignore[arg-type]
+
+    where = ""
+    if "layer" in mapping:
+        where = f", layer {mapping['layer']}" + (f" head {mapping['head']}" if "head" in mapping else "")
+    title = f"{cache.model}: {source.replace('_', ' ')}{where}"
+    text = " ".join(str(cache.text).split())
+    subtitle = f'Prompt {cache.prompt_hash[:8]}: "{text[:70]}{"..." if len(text) > 70 else ""}"'
+    meta = {
+        "model": cache.model,
+        "family": cache.family,
+        "colour_scheme": scheme_name(cache.family),
+        "prompt_hash": cache.prompt_hash,
+        "n_tokens": cache.n_tokens,
+        "tokens": list(cache.tokens),
+        "stranded_fix": stranded_fix if technique == "stranded" else None,
+    }
+    return pattern_files(
+        grid, title=title, subtitle=subtitle, max_float=max_float, mapping=mapping,
+        adjustments=adjustments, meta=meta, ayab_machine=ayab_machine,
+        ayab_reduce=ayab_reduce,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,390 @@
+"""The colour chart: one layout (in millimetres) rendered as SVG text or through matplotlib (PDF).
+
+Drawn from the right side: row 1 at the bottom, stitch 1 at the bottom right. Flat: odd (RS)
+row numbers on the right, even (WS) on the left; in the round every number on the right.
+Cells are gauge-scaled (height / width = sts per 10 cm / rows per 10 cm), there is a heavier
+line every 10 sts and rows (counted from stitch 1 and row 1), centre marks, symbols in every
+cell so it prints in black and white, a key, the finished size, and long floats flagged.
+Every cell rect in the SVG carries data-row, data-stitch and data-colour attributes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+from .checks import float_limit, row_floats
+from .grid import Colour, Grid
+
+PT_MM = 25.4 / 72  # one typographic point in mm
+FLOAT_FLAG = "#C00000"
+FONT = "DejaVu Sans, Arial, Helvetica, sans-serif"
+
+
+# ------------------------------------------------------------------ layout primitives
+
+
+@dataclass
+class Rect:
+    x: float
+    y: float
+    w: float
+    h: float
+    fill: str = "none"
+    stroke: str = "none"
+    lw: float = 0.0
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Line:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    stroke: str = "#000000"
+    lw: float = 0.2
+    dash: tuple[float, float] | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Circle:
+    cx: float
+    cy: float
+    r: float
+    fill: str = "none"
+    stroke: str = "none"
+    lw: float = 0.0
+
+
+@dataclass
+class Polygon:
+    points: list[tuple[float, float]]
+    fill: str = "none"
+    stroke: str = "none"
+    lw: float = 0.0
+
+
+@dataclass
+class Text:
+    x: float
+    y: float  # baseline
+    s: str
+    size: float  # mm (cap-to-descender height, as the font size)
+    anchor: str = "start"  # start | middle | end
+    bold: bool = False
+    cls: str = ""  # SVG class, e.g. row-number, so tests and tools can find the labels
+
+
+Shape = Rect | Line | Circle | Polygon | Text
+
+
+@dataclass
+class Layout:
+    width: float
+    height: float
+    shapes: list[Shape]
+
+
+def symbol_shapes(symbol: str, cx: float, cy: float, size: float, ink: str) -> list[Shape]:
+    """A colour's symbol as shapes centred on (cx, cy); `size` is the box it must fit."""
+    h = size / 2
+    lw = max(0.12, size * 0.09)
+    if symbol == "dot":
+        return [Circle(cx, cy, size * 0.11, fill=ink)]
+    if symbol == "cross":
+        d = h * 0.62
+        return [Line(cx - d, cy - d, cx + d, cy + d, ink, lw), Line(cx - d, cy + d, cx + d, cy - d, ink, lw)]
+    if symbol == "disc":
+        return [Circle(cx, cy, h * 0.58, fill=ink)]
+    if symbol == "ring":
+        return [Circle(cx, cy, h * 0.58, stroke=ink, lw=lw)]
+    if symbol == "triangle":
+        d = h * 0.7
+        return [Polygon([(cx, cy - d), (cx + d, cy + d * 0.8), (cx - d, cy + d * 0.8)], fill=ink)]
+    if symbol == "diamond":
+        d = h * 0.72
+        return [Polygon([(cx, cy - d), (cx + d, cy), (cx, cy + d), (cx - d, cy)], fill=ink)]
+    raise ValueError(f"unknown symbol {symbol!r}")
+
+
+def _ink(colour: Colour) -> str:
+    return "#FFFFFF" if colour.is_dark() else "#000000"
+
+
+def _spans(stitches: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous (low, high) stitch spans of a float (a wrap-around float gives two)."""
+    ordered = sorted(stitches)
+    spans: list[list[int]] = []
+    for s in ordered:
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return [(a, b) for a, b in spans]
+
+
+def chart_layout(
+    grid: Grid,
+    title: str = "Knitting chart",
+    subtitle: str = "",
+    max_float: int = 5,
+    float_limit_sts: int | None = None,
+) -> Layout:
+    """Place every cell, symbol, number, line and key entry of the chart, in mm."""
+    W, H = grid.width, grid.height
+    limit = float_limit_sts if float_limit_sts is not None else float_limit(
+        max_float, grid.gauge.stitches_per_10cm)
+    cw = max(2.5, min(7.0, 170.0 / W))
+    ch = cw * grid.gauge.cell_aspect
+    num_size = min(2.6, max(1.4, min(cw, ch) * 0.75))
+    margin = 4.0 + num_size * 2.4  # room for row numbers on either side
+    x0 = margin
+    y0 = 22.0  # title block
+    shapes: list[Shape] = []
+
+    def cell_x(stitch: int) -> float:  # left edge of a stitch's column (stitch 1 = rightmost)
+        return x0 + (W - stitch) * cw
+
+    def cell_y(row: int) -> float:  # top edge of a row (row 1 = bottom)
+        return y0 + (H - row) * ch
+
+    shapes.append(Text(x0, 8.0, title, 4.2, bold=True))
+    if subtitle:
+        shapes.append(Text(x0, 13.0, subtitle, 2.6))
+    read = ("RS view. Row 1 at the bottom. RS (odd) rows: read right to left; "
+            "WS (even) rows: left to right." if grid.mode == "flat" else
+            "RS view. Round 1 at the bottom. Every round: read right to left.")
+    shapes.append(Text(x0, 17.5, read, 2.3))
+
+    # cells and symbols
+    sym = min(cw, ch) * 0.8
+    for r in range(1, H + 1):
+        row = grid.row(r)
+        for s in range(1, W + 1):
+            c = grid.palette[int(row[s - 1])]
+            x, y = cell_x(s), cell_y(r)
+            shapes.append(Rect(x, y, cw, ch, fill=c.hex, stroke="#7F7F7F", lw=0.08, attrs={
+                "class": "cell", "data-row": str(r), "data-stitch": str(s), "data-colour": c.code}))
+            shapes += symbol_shapes(c.symbol, x + cw / 2, y + ch / 2, sym, _ink(c))
+
+    # heavier lines every 10 sts / rows from stitch 1 and row 1, then the outline
+    for s in range(10, W, 10):
+        x = cell_x(s)
+        shapes.append(Line(x, y0, x, y0 + H * ch, "#000000", 0.45))
+    for r in range(10, H, 10):
+        y = cell_y(r)
+        shapes.append(Line(x0, y, x0 + W * cw, y, "#000000", 0.45))
+    shapes.append(Rect(x0, y0, W * cw, H * ch, stroke="#000000", lw=0.5))
+
+    # long floats (stranded): a dashed red bar low in the cells it passes behind
+    n_flagged = 0
+    if grid.technique == "stranded":
+        for r in range(1, H + 1):
+            for f in row_floats(grid.row(r), grid.mode == "round", r):
+                if f.length <= limit:
+                    continue
+                n_flagged += 1
+                y = cell_y(r) + ch * 0.82
+                for lo, hi in _spans(f.stitches):
+                    shapes.append(Line(cell_x(hi) + cw * 0.1, y, cell_x(lo) + cw * 0.9, y,
+                                       FLOAT_FLAG, max(0.3, ch * 0.12), (0.8, 0.5), attrs={
+                                           "class": "long-float", "data-row": str(r),
+                                           "data-colour": grid.code(f.colour),
+                                           "data-length": str(f.length)}))
+
+    # row numbers: flat odd right / even left; round all right
+    for r in range(1, H + 1):
+        yb = cell_y(r) + ch / 2 + num_size * 0.36
+        right = grid.mode == "round" or r % 2 == 1
+        if right:
+            shapes.append(Text(x0 + W * cw + 1.2, yb, str(r), num_size, "start", cls="row-number"))
+        else:
+            shapes.append(Text(x0 - 1.2, yb, str(r), num_size, "end", cls="row-number"))
+
+    # stitch numbers along the bottom, right to left
+    step = 1 if W <= 30 else 5
+    yb = y0 + H * ch + 1.2 + num_size
+    for s in range(1, W + 1):
+        if step == 1 or s == 1 or s % step == 0:
+            shapes.append(Text(cell_x(s) + cw / 2, yb, str(s), num_size * 0.9, "middle",
+                               cls="stitch-number"))
+
+    # centre marks: small triangles pointing at the centre line from outside the chart
+    t = 1.4
+    cx = x0 + W * cw / 2
+    cy = y0 + H * ch / 2
+    top, bottom = y0, yb + 0.8
+    shapes.append(Polygon([(cx, top - 0.3), (cx - t / 2, top - 0.3 - t), (cx + t / 2, top - 0.3 - t)], fill="#000000"))
+    shapes.append(Polygon([(cx, bottom), (cx - t / 2, bottom + t), (cx + t / 2, bottom + t)], fill="#000000"))
+    lx, rx = x0 - margin + 0.6, x0 + W * cw + margin - 0.6
+    shapes.append(Polygon([(lx + t, cy), (lx, cy - t / 2), (lx, cy + t / 2)], fill="#000000"))
+    shapes.append(Polygon([(rx - t, cy), (rx, cy - t / 2), (rx, cy + t / 2)], fill="#000000"))
+
+    # finished size and gauge
+    w_cm, h_cm = grid.gauge.size_cm(W, H)
+    y = bottom + t + 4.0
+    shapes.append(Text(x0, y, (
+        f"Finished size {w_cm:.1f} x {h_cm:.1f} cm ({W} sts x {H} rows) at "
+        f"{grid.gauge.stitches_per_10cm:g} sts x {grid.gauge.rows_per_10cm:g} rows = 10 cm. "
+        f"{'Flat' if grid.mode == 'flat' else 'In the round'}, {grid.technique}."), 2.5))
+
+    # key: swatch with symbol, code, name, hex, stitch count
+    counts = grid.stitch_counts()
+    y += 5.0
+    shapes.append(Text(x0, y, "Key", 3.0, bold=True))
+    sw = 5.0
+    for c in grid.palette:
+        y += 1.5
+        shapes.append(Rect(x0, y, sw, sw * 0.8, fill=c.hex, stroke="#000000", lw=0.15,
+                           attrs={"class": "key", "data-colour": c.code}))
+        shapes += symbol_shapes(c.symbol, x0 + sw / 2, y + sw * 0.4, sw * 0.6, _ink(c))
+        shapes.append(Text(x0 + sw + 2.0, y + sw * 0.4 + 1.0,
+                           f"{c.code}   {c.name}   {c.hex}   {c.symbol}   {counts[c.code]} sts", 2.7))
+        y += sw * 0.8
+    y += 5.0
+    shapes.append(Line(x0, y - 1.0, x0 + sw, y - 1.0, "#000000", 0.45))
+    shapes.append(Text(x0 + sw + 2.0, y, "heavier line every 10 sts and 10 rows", 2.4))
+    y += 4.0
+    shapes.append(Polygon([(x0 + sw / 2, y - 0.2), (x0 + sw / 2 - t / 2, y - 0.2 - t),
+                           (x0 + sw / 2 + t / 2, y - 0.2 - t)], fill="#000000"))
+    shapes.append(Text(x0 + sw + 2.0, y, "centre of the chart", 2.4))
+    if grid.technique == "stranded":
+        y += 4.0
+        shapes.append(Line(x0, y - 1.0, x0 + sw, y - 1.0, FLOAT_FLAG, 0.5, (0.8, 0.5)))
+        shapes.append(Text(x0 + sw + 2.0, y, (
+            f"float longer than {limit} sts: trap it ({n_flagged} in this chart)"), 2.4))
+    # wide enough for the chart and for every left-aligned text (~0.55 em per character)
+    text_right = max((sh.x + 0.55 * sh.size * len(sh.s) for sh in shapes
+                      if isinstance(sh, Text) and sh.anchor == "start"), default=0.0)
+    width = max(x0 + W * cw + margin, text_right + 3.0)
+    return Layout(width, y + 5.0, shapes)
+
+
+# ---------------------------------------------------------------------------- renderers
+
+
+def _f(v: float) -> str:
+    return f"{v:.3f}".rstrip("0").rstrip(".")
+
+
+def render_svg(layout: Layout) -> str:
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(layout.width)}mm" '
+        f'height="{_f(layout.height)}mm" viewBox="0 0 {_f(layout.width)} {_f(layout.height)}" '
+        f'font-family={quoteattr(FONT)}>',
+        f'<rect x="0" y="0" width="{_f(layout.width)}" height="{_f(layout.height)}" fill="#FFFFFF"/>',
+    ]
+    for sh in layout.shapes:
+        if isinstance(sh, Rect):
+            extra = "".join(f" {k}={quoteattr(v)}" for k, v in sh.attrs.items())
+            out.append(f'<rect x="{_f(sh.x)}" y="{_f(sh.y)}" width="{_f(sh.w)}" height="{_f(sh.h)}" '
+                       f'fill="{sh.fill}" stroke="{sh.stroke}" stroke-width="{_f(sh.lw)}"{extra}/>')
+        elif isinstance(sh, Line):
+            dash = f' stroke-dasharray="{_f(sh.dash[0])} {_f(sh.dash[1])}"' if sh.dash else ""
+            dash += "".join(f" {k}={quoteattr(v)}" for k, v in sh.attrs.items())
+            out.append(f'<line x1="{_f(sh.x1)}" y1="{_f(sh.y1)}" x2="{_f(sh.x2)}" y2="{_f(sh.y2)}" '
+                       f'stroke="{sh.stroke}" stroke-width="{_f(sh.lw)}"{dash}/>')
+        elif isinstance(sh, Circle):
+            out.append(f'<circle cx="{_f(sh.cx)}" cy="{_f(sh.cy)}" r="{_f(sh.r)}" fill="{sh.fill}" '
+                       f'stroke="{sh.stroke}" stroke-width="{_f(sh.lw)}"/>')
+        elif isinstance(sh, Polygon):
+            pts = " ".join(f"{_f(x)},{_f(y)}" for x, y in sh.points)
+            out.append(f'<polygon points="{pts}" fill="{sh.fill}" stroke="{sh.stroke}" '
+                       f'stroke-width="{_f(sh.lw)}"/>')
+        elif isinstance(sh, Text):
+            weight = ' font-weight="bold"' if sh.bold else ""
+            weight += f' class="{sh.cls}"' if sh.cls else ""
+            out.append(f'<text x="{_f(sh.x)}" y="{_f(sh.y)}" font-size="{_f(sh.size)}" '
+                       f'text-anchor="{sh.anchor}"{weight}>{escape(sh.s)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def render_matplotlib(layout: Layout) -> Any:
+    """A matplotlib Figure (no pyplot, so no global state) drawn at true size in mm.
+
+    Shapes are batched into collections (one add per kind, not one per cell) for speed, in
+    layers: filled rects (cells, outline, key swatches), then symbols and marks, then lines
+    (grid, symbol strokes, float flags), then text; order inside a layer is layout order."""
+    from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle as MCircle
+    from matplotlib.patches import Polygon as MPolygon
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=(layout.width / 25.4, layout.height / 25.4))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, layout.width)
+    ax.set_ylim(layout.height, 0)  # y down, as in SVG
+    ax.set_axis_off()
+
+    def lw(mm: float) -> float:
+        return mm / PT_MM
+
+    layers: dict[int, tuple[list, list, list, list]] = {1: ([], [], [], []), 2: ([], [], [], [])}
+    segs, seg_colours, seg_widths, seg_styles = [], [], [], []
+    for sh in layout.shapes:
+        if isinstance(sh, Rect):
+            patch, z = Rectangle((sh.x, sh.y), sh.w, sh.h), 1
+        elif isinstance(sh, Circle):
+            patch, z = MCircle((sh.cx, sh.cy), sh.r), 2
+        elif isinstance(sh, Polygon):
+            patch, z = MPolygon(sh.points, closed=True), 2
+        elif isinstance(sh, Line):
+            segs.append([(sh.x1, sh.y1), (sh.x2, sh.y2)])
+            seg_colours.append(to_rgba(sh.stroke))
+            seg_widths.append(lw(sh.lw))
+            # dash lengths are scaled by the line width in matplotlib: give them in widths
+            seg_styles.append((0, (sh.dash[0] / sh.lw, sh.dash[1] / sh.lw)) if sh.dash else "solid")
+            continue
+        elif isinstance(sh, Text):
+            ax.text(sh.x, sh.y, sh.s, fontsize=sh.size / PT_MM, zorder=4,
+                    ha={"start": "left", "middle": "center", "end": "right"}[sh.anchor],
+                    va="baseline", fontweight="bold" if sh.bold else "normal", family="DejaVu Sans")
+            continue
+        else:
+            continue
+        patches, faces, edges, widths = layers[z]
+        patches.append(patch)
+        faces.append(to_rgba(sh.fill))
+        edges.append(to_rgba(sh.stroke))
+        widths.append(lw(sh.lw))
+    for z, (patches, faces, edges, widths) in layers.items():
+        if patches:
+            ax.add_collection(PatchCollection(patches, facecolors=faces, edgecolors=edges,
+                                              linewidths=widths, zorder=z), autolim=False)
+    if segs:
+        ax.add_collection(LineCollection(segs, colors=seg_colours, linewidths=seg_widths,
+                                         linestyles=seg_styles, capstyle="butt", zorder=3),
+                          autolim=False)
+    return fig
+
+
+def chart_svg(grid: Grid, **kwargs: Any) -> str:
+    """The chart as SVG text (kwargs: title, subtitle, max_float)."""
+    return render_svg(chart_layout(grid, **kwargs))
+
+
+def chart_pdf(grid: Grid, **kwargs: Any) -> bytes:
+    """The chart as PDF bytes, same layout as the SVG."""
+    return _save(grid, "pdf", **kwargs)
+
+
+def chart_png(grid: Grid, dpi: int = 200, **kwargs: Any) -> bytes:
+    """A raster preview of the chart (for checking by eye; the SVG/PDF are the real outputs)."""
+    return _save(grid, "png", dpi=dpi, **kwargs)
+
+
+def _save(grid: Grid, fmt: str, dpi: int = 200, **kwargs: Any) -> bytes:
+    fig = render_matplotlib(chart_layout(grid, **kwargs))
+    buf = io.BytesIO()
+    # no creation date in the PDF, so the same grid gives the same bytes
+    meta = {"Creator": "lens_pipeline.knitting", "CreationDate": None} if fmt == "pdf" else None
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+    return buf.getvalue()

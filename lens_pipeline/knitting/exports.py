@@ -1,0 +1,134 @@
+"""Machine-readable exports: grid.json, grid.csv and the AYAB PNG.
+
+grid.json / grid.csv list row 1 first and stitch 1 (the rightmost stitch on the RS) first.
+
+AYAB PNG: one pixel per stitch, palette mode "P", no resampling. It is the chart as seen on
+the RS, not mirrored (AYAB mirrors for the machine itself): image row 0 (the top pixel row)
+is the LAST chart row, the bottom pixel row is row 1, so AYAB, which knits the bottom row of
+the image first, knits row 1 first. Image column 0 is the leftmost stitch (stitch W).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .grid import Colour, Grid
+
+GRID_FORMAT = "lens_pipeline.knitting.grid/1"
+AYAB_MAX_WIDTH = {"standard": 200, "KH-270": 112}  # needles on the bed
+AyabReduce = Literal["error", "merge_contrast"]
+
+
+def grid_json(grid: Grid, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The grid as a JSON-ready dict: rows of colour codes, row 1 first, stitch 1 first."""
+    w_cm, h_cm = grid.gauge.size_cm(grid.width, grid.height)
+    out: dict[str, Any] = {
+        "format": GRID_FORMAT,
+        "stitches": grid.width,
+        "rows": grid.height,
+        "row_order": "row 1 first (the first row knitted, bottom of the chart)",
+        "stitch_order": "stitch 1 first (rightmost stitch seen from the right side)",
+        "mode": grid.mode,
+        "technique": grid.technique,
+        "gauge": grid.gauge.as_dict(),
+        "finished_size_cm": {"width": round(w_cm, 2), "height": round(h_cm, 2)},
+        "palette": [c.as_dict() for c in grid.palette],
+        "stitch_counts": grid.stitch_counts(),
+        "cells": [[grid.code(int(i)) for i in row] for row in grid.cells],
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def grid_json_text(grid: Grid, extra: dict[str, Any] | None = None) -> str:
+    return json.dumps(grid_json(grid, extra), indent=1) + "\n"
+
+
+def grid_csv(grid: Grid) -> str:
+    """CSV: `#` comment lines with palette and gauge, a header `row,side,st1..stW`, then one
+    line per row, row 1 first, stitch 1 first, cells as colour codes."""
+    g = grid.gauge
+    lines = [
+        f"# {GRID_FORMAT}; row 1 first; stitch 1 = rightmost stitch on the right side",
+        f"# gauge: {g.stitches_per_10cm:g} sts and {g.rows_per_10cm:g} rows = 10 cm; "
+        f"mode: {grid.mode}; technique: {grid.technique}",
+        "# palette: " + "; ".join(f"{c.code}={c.hex} {c.name} ({c.symbol})" for c in grid.palette),
+        "row,side," + ",".join(f"st{s}" for s in range(1, grid.width + 1)),
+    ]
+    for r in range(1, grid.height + 1):
+        side = "RND" if grid.mode == "round" else ("RS" if r % 2 else "WS")
+        lines.append(f"{r},{side}," + ",".join(grid.code(int(i)) for i in grid.row(r)))
+    return "\n".join(lines) + "\n"
+
+
+def ayab_image(
+    grid: Grid,
+    machine: str = "standard",
+    bed: Literal["single", "ribber"] = "single",
+    reduce: AyabReduce = "error",
+) -> tuple[Image.Image, dict[str, Any]]:
+    """An AYAB-ready indexed PNG image and a note of how it maps to the chart.
+
+    Single bed takes exactly 2 colours. A grid using more either raises ValueError
+    (reduce="error") or is reduced with reduce="merge_contrast": MC stays the background and
+    every contrast colour becomes one contrast yarn (the darkest used), i.e. "above the first
+    threshold" vs not. With the ribber, 2-6 colours are kept as they are. Unused palette
+    colours are dropped so the PNG palette lists exactly the yarns to use (padded to 2)."""
+    if machine not in AYAB_MAX_WIDTH:
+        raise ValueError(f"machine must be one of {sorted(AYAB_MAX_WIDTH)}, not {machine!r}")
+    limit = AYAB_MAX_WIDTH[machine]
+    if grid.width > limit:
+        raise ValueError(f"AYAB: the chart is {grid.width} sts wide but the {machine} bed has "
+                         f"{limit} needles; use a narrower chart")
+    max_colours = 2 if bed == "single" else 6
+    used = grid.used_colours()
+    cells = grid.cells.copy()
+    palette: list[Colour] = list(grid.palette)
+    reduction = None
+    if len(used) > max_colours:
+        if reduce != "merge_contrast" or bed != "single":
+            raise ValueError(
+                f"AYAB {bed}-bed mode takes at most {max_colours} colours but the chart uses "
+                f"{len(used)} ({', '.join(grid.code(i) for i in used)}); pass "
+                "reduce='merge_contrast' (single bed) or use a chart with fewer colours")
+        darkest = max((i for i in used if i != 0), key=lambda i: i)
+        cells = np.where(cells == 0, 0, darkest).astype(np.int16)
+        reduction = (f"merged {', '.join(grid.code(i) for i in used if i != 0)} into one "
+                     f"contrast yarn ({grid.code(darkest)} {grid.palette[darkest].name})")
+        used = [0, darkest]
+    if len(used) < 2:  # AYAB wants 2 yarns even for a plain piece
+        used = sorted(set(used) | {0, 1})
+    remap = np.zeros(len(palette), dtype=np.uint8)
+    for new, old in enumerate(used):
+        remap[old] = new
+    # chart view: top chart row at image row 0, leftmost stitch at image column 0; no mirror
+    pixels = remap[cells[::-1, ::-1]]
+    h, w = pixels.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    flat: list[int] = []
+    for i in used:
+        flat += list(palette[i].rgb())
+    img.putpalette(flat)
+    info = {
+        "machine": machine,
+        "max_width": limit,
+        "bed": bed,
+        "size_px": [grid.width, grid.height],
+        "image_row_0": f"chart row {grid.height} (top); the bottom pixel row is row 1, knitted first",
+        "image_column_0": f"stitch {grid.width} (leftmost on the RS); not mirrored",
+        "palette": [palette[i].code for i in used],
+        "reduction": reduction,
+    }
+    return img, info
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
