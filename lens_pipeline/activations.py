@@ -10,6 +10,7 @@ Writes are atomic and happen on a background thread while the next batch runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from lens_pipeline import index
 from lens_pipeline.cache import (
+    DEFAULT_PATTERN_ENCODING,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,
     CacheContents,
@@ -76,7 +78,7 @@ def run_activations(
     batch_size: int = 8,
     device: str = "auto",
     dtype: str = "auto",
-    pattern_encoding: str = "float16",
+    pattern_encoding: str = DEFAULT_PATTERN_ENCODING,
     top_k: int = 10,
     n_neurons: int = 32,
     hooks: Sequence[str] = (),
@@ -146,6 +148,7 @@ def _run_model(
         "n_layers": model.bridge.cfg.n_layers,
         "n_heads": model.bridge.cfg.n_heads,
         "d_model": model.bridge.cfg.d_model,
+        "n_params": sum(p.numel() for p in model.bridge.original_model.parameters()),
         "device": model.device,
         "dtype": model.dtype,
         "pattern_encoding": settings.pattern_encoding,
@@ -249,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="model weights and activations; auto = float16 on cuda, float32 on cpu")
-    parser.add_argument("--pattern-encoding", default="float16", choices=list(PATTERN_ENCODINGS),
-                        help="how attention weights are stored: float32 exact, float16 (default, error <= 2.4e-4), "
-                        "uint16 (<= 7.7e-6) or uint8 (<= 2e-3)")
+    parser.add_argument("--pattern-encoding", default=DEFAULT_PATTERN_ENCODING, choices=list(PATTERN_ENCODINGS),
+                        help="how attention weights are stored, with the worst absolute error per weight: q12 "
+                        "(default, 12-bit fixed point, 1.2e-4), q16 (7.7e-6), q8 (2.0e-3), float16 (2.4e-4), float32 (exact)")
     parser.add_argument("--top-k", type=int, default=10, help="next-token predictions kept per position (default: %(default)s)")
     parser.add_argument("--neurons", type=int, default=32,
                         help="MLP neurons kept per layer: those with the largest activation variance over the prompt "
@@ -269,8 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_gracefully_on_signals() -> None:
+    """Ctrl-C and `kill` (SIGTERM) both stop the run the same clean way (KeyboardInterrupt), also
+    when SIGINT was inherited as ignored, as it is for jobs a shell starts in the background."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_gracefully_on_signals()
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ Format (schema 1), documented in the README:
                                            residual through the final norm and unembedding
   hooks/<name>    float16 (optional)       any extra TransformerLens hook, padding dropped
 
-Pattern encodings: "float32" (exact), "float16" (default; abs error <= 2.5e-4 per element),
-"uint16" (p*65535 rounded; abs error <= 7.7e-6), "uint8" (p*255 rounded; abs error <= 2e-3).
+Pattern encodings (absolute error per weight): "q12" (default; round(p*4095) in uint16,
+<= 1.2e-4), "q16" (round(p*65535), <= 7.7e-6), "q8" (round(p*255) in uint8, <= 2.0e-3),
+"float16" (<= 2.4e-4, finer for tiny weights), "float32" (exact).
 """
 
 from __future__ import annotations
@@ -41,19 +42,23 @@ import numpy as np
 import zstandard
 
 SCHEMA_VERSION = 1
+# Fixed-point encodings store round(p * levels) as unsigned integers: a bounded absolute error
+# of half a step, and small weights become small integers that zstd packs tightly.
 PATTERN_ENCODINGS: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
-    "uint16": np.dtype(np.uint16),
-    "uint8": np.dtype(np.uint8),
+    "q16": np.dtype(np.uint16),
+    "q12": np.dtype(np.uint16),
+    "q8": np.dtype(np.uint8),
 }
-# Largest absolute error per attention weight each encoding introduces (by construction:
-# half a quantisation step; for float16, half an ulp at 1.0).
+FIXED_POINT_LEVELS = {"q16": 65535, "q12": 4095, "q8": 255}
+DEFAULT_PATTERN_ENCODING = "q12"
+# Largest absolute error per attention weight each encoding introduces (half a step; for
+# float16, half an ulp just below 1.0).
 PATTERN_MAX_ERROR: dict[str, float] = {
     "float32": 0.0,
     "float16": 2.0**-12,
-    "uint16": 0.5 / 65535,
-    "uint8": 0.5 / 255,
+    **{name: 0.5 / levels for name, levels in FIXED_POINT_LEVELS.items()},
 }
 ZSTD_LEVEL = 3
 
@@ -62,7 +67,7 @@ ZSTD_LEVEL = 3
 class ExtractSettings:
     """What goes into a cache beyond the patterns; recorded in meta and the index."""
 
-    pattern_encoding: str = "float16"
+    pattern_encoding: str = DEFAULT_PATTERN_ENCODING
     top_k: int = 10
     n_neurons: int = 32
     hooks: tuple[str, ...] = ()
@@ -96,20 +101,17 @@ def encode_pattern(patterns: np.ndarray, encoding: str, causal: bool) -> np.ndar
     if causal:
         rows, cols = np.tril_indices(patterns.shape[-1])
         patterns = patterns[:, rows, cols]
-    if encoding == "uint8":
-        return np.rint(np.clip(patterns, 0, 1) * 255).astype(np.uint8)
-    if encoding == "uint16":
-        return np.rint(np.clip(patterns, 0, 1) * 65535).astype(np.uint16)
+    if encoding in FIXED_POINT_LEVELS:
+        scaled = np.rint(np.clip(patterns, 0, 1) * FIXED_POINT_LEVELS[encoding])
+        return scaled.astype(PATTERN_ENCODINGS[encoding])
     return patterns.astype(PATTERN_ENCODINGS[encoding])
 
 
 def decode_pattern(stored: np.ndarray, encoding: str, causal: bool, n_tokens: int) -> np.ndarray:
     """Stored array -> [H, T, T] float32 with zeros above the diagonal for causal models."""
     values = stored.astype(np.float32)
-    if encoding == "uint8":
-        values /= 255
-    elif encoding == "uint16":
-        values /= 65535
+    if encoding in FIXED_POINT_LEVELS:
+        values /= FIXED_POINT_LEVELS[encoding]
     if not causal:
         return values
     square = np.zeros((stored.shape[0], n_tokens, n_tokens), dtype=np.float32)

@@ -7,12 +7,12 @@ array is cut to the prompt's real length, so no pad row or column is ever stored
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from lens_pipeline.cache import ExtractSettings, encode_pattern, pattern_member
+from lens_pipeline.cache import FIXED_POINT_LEVELS, PATTERN_ENCODINGS, ExtractSettings, pattern_member
 from lens_pipeline.models import LoadedModel
 
 
@@ -82,6 +82,73 @@ def _cut_hook(value: torch.Tensor, index: int, length: int, padded: int) -> torc
     return value
 
 
+def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torch.Tensor:
+    """Torch twin of `cache.encode_pattern` for [..., T, T] on any device, bit-identical for the
+    same float32 values: the lower triangle is gathered and encoded where the patterns are,
+    so only the stored bytes cross to the host (a quarter of float32 n x n for float16)."""
+    if encoding not in PATTERN_ENCODINGS:
+        raise ValueError(f"unknown pattern encoding {encoding!r}; choose from {list(PATTERN_ENCODINGS)}")
+    if causal:
+        rows, cols = torch.tril_indices(patterns.shape[-1], patterns.shape[-1], device=patterns.device)
+        patterns = patterns[..., rows, cols]
+    patterns = patterns.float()
+    if encoding in FIXED_POINT_LEVELS:  # torch.round = np.rint: half to even
+        scaled = torch.round(patterns.clamp(0, 1) * FIXED_POINT_LEVELS[encoding])
+        return scaled.to(torch.uint8 if encoding == "q8" else torch.uint16)
+    return patterns.to(torch.float16 if encoding == "float16" else torch.float32)
+
+
+def to_host(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Tensors (or lists of them) -> numpy. On CUDA every copy goes into pinned memory without
+    blocking and the stream is synchronised once, so the copies overlap each other."""
+    flat = [t for value in tensors.values() for t in (value if isinstance(value, list) else [value])]
+    if not any(t.is_cuda for t in flat):
+        return {k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy() for k, v in tensors.items()}
+
+    def pinned(t: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
+
+    copies = {k: [pinned(t) for t in v] if isinstance(v, list) else pinned(v) for k, v in tensors.items()}
+    torch.cuda.synchronize()
+    return {k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy() for k, v in copies.items()}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA/MPS out of memory, or a CPU allocation that failed."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def run_batch_with_oom_split(
+    model: LoadedModel,
+    batch: Sequence[Tokenized],
+    settings: ExtractSettings,
+    token_strings: TokenStrings,
+    log: Callable[[str], None] | None = None,
+) -> list[Extracted]:
+    """`run_batch`, but a batch that runs out of memory is split in halves and each half retried
+    (recursively), so one long batch costs a retry, not the run. One prompt that does not fit
+    raises as before."""
+    try:
+        return run_batch(model, batch, settings, token_strings)
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is retried; the rest re-raise
+        if len(batch) == 1 or not is_out_of_memory(error):
+            raise
+    # Out of the except block: the traceback, and the activations its frames hold, are freed.
+    if str(model.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    half = len(batch) // 2
+    if log:
+        longest = max(len(t.ids) for t in batch)
+        log(f"out of memory on a batch of {len(batch)} (up to {longest} tokens): retrying as {half} + {len(batch) - half}")
+    return run_batch_with_oom_split(model, batch[:half], settings, token_strings, log) + run_batch_with_oom_split(
+        model, batch[half:], settings, token_strings, log
+    )
+
+
 @torch.no_grad()
 def run_batch(
     model: LoadedModel, batch: Sequence[Tokenized], settings: ExtractSettings, token_strings: TokenStrings
@@ -103,20 +170,40 @@ def run_batch(
     logits, activations = bridge.run_with_cache(input_ids, attention_mask=attention_mask, names_filter=names)
     n_layers = bridge.cfg.n_layers
 
-    # Batched reductions first (one pass over the batch), then cut per prompt.
+    # On the device: batched reductions, patterns cut and encoded; then one transfer to the host.
+    out: dict[str, Any] = {}
+    # Causal: the row-major lower triangle of a T x T prompt is the prefix of the padded one's.
+    out["patterns"] = [
+        encode_patterns(activations[f"blocks.{layer}.attn.hook_pattern"], settings.pattern_encoding, model.causal)
+        for layer in range(n_layers)
+    ]
     residuals = [activations["blocks.0.hook_resid_pre"]] + [
         activations[f"blocks.{layer}.hook_resid_post"] for layer in range(n_layers)
     ]
-    resid_norms = torch.stack([r.float().norm(dim=-1) for r in residuals]).cpu().numpy()  # [L+1, B, T]
+    out["resid_norms"] = torch.stack([r.float().norm(dim=-1) for r in residuals])  # [L+1, B, T]
     top_probs, top_ids = torch.log_softmax(logits.float(), dim=-1).topk(settings.top_k, dim=-1)
-    top_probs, top_ids = top_probs.exp().cpu().numpy(), top_ids.cpu().numpy()
+    out["topk_probs"], out["topk_ids"] = top_probs.exp().to(torch.float16), top_ids.to(torch.int32)
     if settings.logit_lens:
-        lens_probs, lens_ids = [], []
-        for residual in residuals[1:]:
-            probs = torch.softmax(bridge.unembed(bridge.ln_final(residual)).float(), dim=-1).max(dim=-1)
-            lens_probs.append(probs.values.cpu().numpy())
-            lens_ids.append(probs.indices.cpu().numpy())
-        lens_probs_all, lens_ids_all = np.stack(lens_probs), np.stack(lens_ids)  # [L, B, T]
+        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in residuals[1:]]
+        out["logit_lens_probs"] = torch.stack([m.values for m in lens]).to(torch.float16)  # [L, B, T]
+        out["logit_lens_ids"] = torch.stack([m.indices for m in lens]).to(torch.int32)
+    if settings.n_neurons > 0:
+        out["neuron_ids"], out["neuron_acts"] = [], []
+        for row, length in enumerate(lengths):
+            post = torch.stack([activations[f"blocks.{layer}.mlp.hook_post"][row, :length] for layer in range(n_layers)])
+            post = post.float()  # [L, T, d_mlp]
+            n = min(settings.n_neurons, post.shape[-1])
+            # The neurons that vary most over this prompt are the ones a token plot can show.
+            chosen = post.var(dim=1, unbiased=False).topk(n, dim=-1).indices  # [L, n]
+            acts = torch.gather(post, 2, chosen[:, None, :].expand(-1, length, -1)).transpose(1, 2)
+            out["neuron_ids"].append(chosen.to(torch.int32))
+            out["neuron_acts"].append(acts.to(torch.float16))
+    for hook in settings.hooks:
+        out[f"hooks/{hook}"] = [
+            _cut_hook(activations[hook], row, length, padded).to(torch.float16) for row, length in enumerate(lengths)
+        ]
+    del activations, logits, residuals  # device memory back before the host work
+    host = to_host(out)
 
     results = []
     for row, length in enumerate(lengths):
@@ -125,28 +212,21 @@ def run_batch(
         arrays["tokens"] = ids
         arrays["token_strs"] = token_strings(ids)
         for layer in range(n_layers):
-            pattern = activations[f"blocks.{layer}.attn.hook_pattern"][row, :, :length, :length]
-            arrays[pattern_member(layer)] = encode_pattern(
-                pattern.float().cpu().numpy(), settings.pattern_encoding, model.causal
-            )
-        arrays["topk_ids"] = top_ids[row, :length].astype(np.int32)
-        arrays["topk_probs"] = top_probs[row, :length].astype(np.float16)
+            encoded = host["patterns"][layer][row]
+            encoded = encoded[:, : length * (length + 1) // 2] if model.causal else encoded[:, :length, :length]
+            arrays[pattern_member(layer)] = np.ascontiguousarray(encoded)  # own copy: the batch buffer can go
+        arrays["topk_ids"] = host["topk_ids"][row, :length]
+        arrays["topk_probs"] = host["topk_probs"][row, :length]
         arrays["topk_strs"] = token_strings(arrays["topk_ids"])
-        arrays["resid_norms"] = resid_norms[:, row, :length].astype(np.float32)
+        arrays["resid_norms"] = host["resid_norms"][:, row, :length]
         if settings.n_neurons > 0:
-            post = torch.stack([activations[f"blocks.{layer}.mlp.hook_post"][row, :length] for layer in range(n_layers)])
-            post = post.float()  # [L, T, d_mlp]
-            n = min(settings.n_neurons, post.shape[-1])
-            # The neurons that vary most over this prompt are the ones a token plot can show.
-            chosen = post.var(dim=1, unbiased=False).topk(n, dim=-1).indices  # [L, n]
-            acts = torch.gather(post, 2, chosen[:, None, :].expand(-1, length, -1)).transpose(1, 2)
-            arrays["neuron_ids"] = chosen.cpu().numpy().astype(np.int32)
-            arrays["neuron_acts"] = acts.cpu().numpy().astype(np.float16)
+            arrays["neuron_ids"] = host["neuron_ids"][row]
+            arrays["neuron_acts"] = host["neuron_acts"][row]
         if settings.logit_lens:
-            arrays["logit_lens_ids"] = lens_ids_all[:, row, :length].astype(np.int32)
-            arrays["logit_lens_probs"] = lens_probs_all[:, row, :length].astype(np.float16)
+            arrays["logit_lens_ids"] = host["logit_lens_ids"][:, row, :length]
+            arrays["logit_lens_probs"] = host["logit_lens_probs"][:, row, :length]
             arrays["logit_lens_strs"] = token_strings(arrays["logit_lens_ids"])
         for hook in settings.hooks:
-            arrays[f"hooks/{hook}"] = _cut_hook(activations[hook], row, length, padded).float().cpu().numpy().astype(np.float16)
+            arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
         results.append(Extracted(arrays))
     return results

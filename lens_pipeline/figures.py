@@ -202,6 +202,14 @@ def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: list[tuple[Ta
         ]
 
 
+def _one_blas_thread() -> None:
+    """Workers already fill the cores; a multi-threaded BLAS inside each one oversubscribes them
+    (an SVD measured 100x slower on 2 busy cores)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def run_figures(
     save_path: str | Path = "attn_data",
     *,
@@ -285,7 +293,7 @@ def run_figures(
         if workers > 1 and len(plan) > 1:
             # fork keeps figures registered in a notebook's __main__ visible to the workers.
             context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
                 futures = [pool.submit(_draw_prompt, save_path, cache_row, jobs) for cache_row, jobs in plan]
                 for future in as_completed(futures):
                     record(future.result())

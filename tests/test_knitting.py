@@ -377,7 +377,7 @@ EXPORTS = {"chart.svg", "chart.pdf", "pattern.md", "pattern.txt", "grid.json", "
 
 
 def test_registered_figure_end_to_end() -> None:
-    from lens_pipeline.figures_knitting import knitting_pattern
+    from lens_pipeline.builtins.knitting import knitting_pattern
     from lens_pipeline.registry import REGISTRY
 
     spec = REGISTRY["knitting_pattern"]

@@ -1,0 +1,12 @@
+"""The built-in figures. Importing this package registers them all (`lens_pipeline.registry`),
+with the same decorator a user's own figure functions use."""
+
+from lens_pipeline.builtins import (  # noqa: F401
+    attention,
+    attention_stats,
+    knitting,
+    predictions,
+    projection,
+    summary,
+    tokens,
+)
