@@ -1,10 +1,11 @@
 # Two commands on a fresh machine with Python 3.11:
 #   make run    create .venv, install, run activations + figures on the embedded default model
+#               (30 Shakespeare quotes; PROMPTS=data/prompts.jsonl for the 300 passages)
 #   make test   create .venv, install, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PROMPTS ?= data/prompts.jsonl
+PROMPTS ?= data/shakespeare_quotes.jsonl
 SAVE_PATH ?= attn_data
 
 .PHONY: install run test bench serve clean
@@ -23,7 +24,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m lens_pipeline.activations --prompts $(PROMPTS) --save-path $(SAVE_PATH)
-	$(PY) -m lens_pipeline.figures --save-path $(SAVE_PATH)
+	$(PY) -m lens_pipeline.figures --save-path $(SAVE_PATH) --workers 2
 
 test: install
 	$(PY) -m pytest -q

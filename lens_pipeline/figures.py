@@ -63,9 +63,9 @@ def load_builtins() -> None:
 
 
 def select_figures(patterns: Sequence[str] | None) -> list[FigureSpec]:
-    """Registered figures whose name matches any glob (all when none given)."""
+    """Registered figures whose name matches any glob (the default set when none given)."""
     if not patterns:
-        return list(REGISTRY.values())
+        return [spec for spec in REGISTRY.values() if spec.default]
     chosen = [spec for name, spec in REGISTRY.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     if not chosen:
         raise ValueError(f"no registered figure matches {list(patterns)}; see --list")
@@ -155,6 +155,7 @@ def draw(
         model=model, prompt_hash=prompt_hash, function=spec.name, scope=spec.scope,
         layer=task.layer, head=task.head, params=params, cache_sha256=cache_sha,
     )
+    started = time.perf_counter()
     try:
         outputs = _outputs(spec, _call(spec, target, task, params))
         paths = figure_paths(spec, model, prompt_hash, task, outputs)
@@ -171,7 +172,7 @@ def draw(
     primary = files[0]
     return index.make_row(
         "figure", path=primary["path"], format=primary["format"], bytes=primary["bytes"],
-        sha256=primary["sha256"], files=files, **row,
+        sha256=primary["sha256"], files=files, seconds=round(time.perf_counter() - started, 5), **row,
     )
 
 
@@ -388,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_builtins()
         width = max(len(name) for name in REGISTRY)
         for spec in sorted(REGISTRY.values(), key=lambda s: s.name):
-            print(f"{spec.name:<{width}}  {spec.scope:<6}  {','.join(spec.formats):<12}  {spec.description}")
+            optional = "" if spec.default else "  (only when named with --figures)"
+            print(f"{spec.name:<{width}}  {spec.scope:<6}  {','.join(spec.formats):<12}  {spec.description}{optional}")
         return 0
     if not index.index_path(args.save_path).exists():
         print(f"error: {index.index_path(args.save_path)} not found; run python -m lens_pipeline.activations first", file=sys.stderr)

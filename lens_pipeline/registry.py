@@ -37,6 +37,7 @@ class FigureSpec:
     needs: tuple[str, ...]  # cache arrays the figure cannot do without, e.g. ("logit_lens_ids",)
     description: str
     params: dict[str, Any] = field(default_factory=dict)  # keyword defaults, recorded in the index
+    default: bool = True  # drawn when no --figures filter is given
 
 
 REGISTRY: dict[str, FigureSpec] = {}
@@ -52,8 +53,10 @@ def register_figure(
     formats: tuple[str, ...] | str = ("png",),
     name: str | None = None,
     needs: tuple[str, ...] = (),
+    default: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `func` as a figure; re-registering a name replaces it (notebook re-runs)."""
+    """Register `func` as a figure; re-registering a name replaces it (notebook re-runs).
+    `default=False` keeps an expensive figure out of runs that do not name it (--figures)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
     if isinstance(formats, str):
@@ -74,6 +77,7 @@ def register_figure(
             needs=tuple(needs),
             description=doc[0] if doc else "",
             params=params,
+            default=default,
         )
         return func
 

@@ -57,7 +57,7 @@ def attention_heatmap(cache: Cache, layer: int, head: int, cmap: str = colormap.
     return colormap.indexed_image(colormap.upscale(index, pixel_scale(cache.n_tokens, side)), cmap)
 
 
-@register_figure(scope="head", formats="png")
+@register_figure(scope="head", formats="png", default=False)  # matplotlib per head: opt-in
 def attention_labeled(cache: Cache, layer: int, head: int, cmap: str = colormap.ATTENTION_CMAP, max_tokens: int = 40) -> Figure:
     """One head's attention with the tokens written along both axes (prompts up to max_tokens)."""
     n = cache.n_tokens

@@ -12,6 +12,7 @@ Conventions (see docs in README_SECTION.md and /work/shared/notes/knitting.md):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -211,7 +212,9 @@ def _scale_axis(values: np.ndarray, sc: AxisScale, axis: int) -> np.ndarray:
     if sc.pool > 1:  # mean of each pool of items; the last pool may be short
         pad = sc.blocks * sc.pool - sc.n
         v = np.concatenate([v, np.full((pad,) + v.shape[1:], np.nan)], axis=0)
-        v = np.nanmean(v.reshape((sc.blocks, sc.pool) + v.shape[1:]), axis=1)
+        with warnings.catch_warnings():  # an all-NaN pool (keys no query can see) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v = np.nanmean(v.reshape((sc.blocks, sc.pool) + v.shape[1:]), axis=1)
     v = np.repeat(v, sc.repeat, axis=0)  # nearest neighbour, no interpolation
     out = np.full((sc.size,) + v.shape[1:], np.nan)
     out[sc.offset : sc.offset + sc.used] = v
