@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PROMPTS ?= data/shakespeare_quotes.jsonl
 SAVE_PATH ?= attn_data
 
-.PHONY: install run test bench serve clean
+.PHONY: install browser run test bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ run: install
 	$(PY) -m lens_pipeline.activations --prompts $(PROMPTS) --save-path $(SAVE_PATH)
 	$(PY) -m lens_pipeline.figures --save-path $(SAVE_PATH) --workers 2
 
-test: install
+# The viewer's browser tests drive Debian's Chromium (no browser download: none can be fetched).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install
