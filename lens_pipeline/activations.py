@@ -10,13 +10,14 @@ Writes are atomic and happen on a background thread while the next batch runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -31,8 +32,10 @@ from lens_pipeline.cache import (
     serialize,
     write_atomic,
 )
+from lens_pipeline.distributed import DistributedError
 from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, resolve, slug
 from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts
+from lens_pipeline.random_models import resolve as resolve_random
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 DEFAULT_SAVE_PATH = "attn_data"
@@ -84,6 +87,8 @@ def run_activations(
     hooks: Sequence[str] = (),
     logit_lens: bool = False,
     max_tokens: int = 1024,
+    random_weights: bool = False,
+    ray: str | None = None,
     force: bool = False,
     strict: bool = False,
     progress: bool = True,
@@ -104,13 +109,16 @@ def run_activations(
         raise PromptFileError(f"{len(bad)} bad prompt line(s), first: {bad[0]} (--strict stops here)")
 
     for name in models:
-        source = resolve(name)
+        source = resolve_random(name) if random_weights else resolve(name)
         todo = _pending(source, good, save_path, settings.as_dict(), force)
         summary.skipped += len({prompt_hash(source.model_id, p.text) for p in good}) - len(todo)
         if not todo:
             log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
             continue
-        written, failed = _run_model(source, todo, save_path, settings, batch_size, device, dtype, progress, log)
+        if ray:
+            written, failed = _run_model_on_ray(source, todo, save_path, settings, batch_size, device, dtype, progress, log, ray)
+        else:
+            written, failed = _run_model(source, todo, save_path, settings, batch_size, device, dtype, progress, log)
         summary.models_loaded.append(source.name)
         summary.written += written
         summary.failed += failed
@@ -129,10 +137,35 @@ def _run_model(
     progress: bool,
     log: Any,
 ) -> tuple[int, int]:
+    log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
+    return run_prompts(load_model(source, device, dtype), todo, save_path, settings, batch_size, progress, log)
+
+
+def load_model(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Any:
+    """The stage's model: random-weight sources are built, the others loaded (or reused)."""
+    from lens_pipeline import models, random_models
+
+    if source.kind == "random":
+        return random_models.load(source, device=device, dtype=dtype)
+    return models.load_reusing(source, device=device, dtype=dtype)
+
+
+def run_prompts(
+    model: Any,
+    todo: list[tuple[Prompt, str]],
+    save_path: str | Path,
+    settings: ExtractSettings,
+    batch_size: int,
+    progress: bool,
+    log: Any,
+    record: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[int, int]:
+    """Run (prompt, hash) pairs through a loaded model: write their caches and pass their index
+    rows to `record` (default: append them to the index). Returns (written, failed)."""
     from lens_pipeline import extract, models
 
-    log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
-    model = models.load_reusing(source, device=device, dtype=dtype)
+    source, save_path = model.source, Path(save_path)
+    record = record or (lambda rows: index.append_rows(save_path, rows))
     unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
     if unknown:
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
@@ -143,6 +176,7 @@ def _run_model(
     base_meta = {
         "model": source.name,
         "model_id": source.model_id,
+        "random_weights": source.kind == "random",
         "family": model.family,
         "causal": model.causal,
         "n_layers": model.bridge.cfg.n_layers,
@@ -165,7 +199,7 @@ def _run_model(
     def drain(keep: int) -> None:
         nonlocal written
         while len(in_flight) > keep:
-            index.append_rows(save_path, [in_flight.pop(0).result()])
+            record([in_flight.pop(0).result()])
             written += 1
 
     bar = tqdm(total=len(items), desc=source.name, unit="prompt", disable=not progress)
@@ -173,10 +207,10 @@ def _run_model(
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             try:
-                results = extract.run_batch(model, [t for _, _, t in batch], settings, token_strings)
+                results = extract.run_batch_with_oom_split(model, [t for _, _, t in batch], settings, token_strings, log)
             except Exception as error:  # a batch that breaks is recorded per prompt and retried next run
                 failed += len(batch)
-                index.append_rows(save_path, [_error_row(source, h, p, error) for p, h, _ in batch])
+                record([_error_row(source, h, p, error) for p, h, _ in batch])
                 log(f"error: {source.name} batch of {len(batch)} failed: {error}")
                 bar.update(len(batch))
                 continue
@@ -203,6 +237,52 @@ def _run_model(
     return written, failed
 
 
+def _run_model_on_ray(
+    source: ModelSource,
+    todo: list[tuple[Prompt, str]],
+    save_path: Path,
+    settings: ExtractSettings,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    progress: bool,
+    log: Any,
+    address: str,
+) -> tuple[int, int]:
+    """`_run_model` on Ray workers (one per GPU, else per CPU slot), each loading the model once.
+    Workers write cache files; only this process appends index rows, each shard's exactly once
+    even when a killed worker's shard is retried."""
+    from lens_pipeline import distributed
+
+    # Shards of similar lengths (characters ~ tokens), so each worker's batches pad little.
+    shards = distributed.chunks(sorted(todo, key=lambda item: len(item[0].text)), 4 * batch_size)
+    # Ray gives each GPU worker one device, which it sees as "cuda".
+    setup = functools.partial(load_model, source, "cuda" if device.startswith("cuda") else device, dtype)
+    work = functools.partial(_run_shard, save_path=save_path, settings=settings, batch_size=batch_size)
+    log(f"{source.name}: {len(todo)} prompt(s) to run in {len(shards)} shard(s) on Ray ...")
+    written = failed = 0
+    with tqdm(total=len(todo), desc=source.name, unit="prompt", disable=not progress) as bar:
+        for rows in distributed.run_shards(setup, work, shards, address=address, use_gpus=device != "cpu"):
+            index.append_rows(save_path, rows)
+            ok = sum(row["status"] == "ok" for row in rows)
+            written, failed = written + ok, failed + len(rows) - ok
+            bar.update(len(rows))
+    return written, failed
+
+
+def _run_shard(
+    model: Any, shard: list[tuple[Prompt, str]], *, save_path: Path, settings: ExtractSettings, batch_size: int
+) -> list[dict[str, Any]]:
+    """In a Ray worker: one shard's caches written, its index rows returned to the driver."""
+    rows: list[dict[str, Any]] = []
+    run_prompts(model, list(shard), save_path, settings, batch_size, False, _to_stderr, record=rows.extend)
+    return rows
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)  # in a Ray worker: Ray forwards it to the driver's terminal
+
+
 def _write_cache(
     save_path: Path, source: ModelSource, hash_: str, prompt: Prompt, meta: dict[str, Any],
     arrays: dict[str, Any], warnings: list[str],
@@ -222,6 +302,7 @@ def _write_cache(
         bytes=len(data),
         sha256=index.sha256_bytes(data),
         params=meta["settings"],
+        random_weights=meta["random_weights"],
         warnings=warnings,
         prompt_metadata=prompt.metadata,
     )
@@ -266,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "forward pass per layer on large vocabularies)")
     parser.add_argument("--max-tokens", type=int, default=1024,
                         help="truncate prompts to this many tokens (and the model context); recorded as a warning")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build --model's architecture with seeded random weights, downloading nothing: a shape "
+                        "(gpt2, gpt2-medium, llama-1b, tiny-gpt2, tiny-llama, tiny-bert), a transformers model type "
+                        "(its config defaults) or a config JSON; the model is named NAME-random")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="split the prompts into shards run by Ray workers (one per GPU, else per CPU), each "
+                        "loading the model once; auto = the running cluster, else a new local one (pip install ray)")
     parser.add_argument("--force", action="store_true", help="recompute caches even if the index has them")
     parser.add_argument("--strict", action="store_true", help="stop on the first bad prompt line instead of skipping it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -295,9 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
             pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
             hooks=[h.strip() for h in args.hooks.split(",") if h.strip()], logit_lens=args.logit_lens,
-            max_tokens=args.max_tokens, force=args.force, strict=args.strict, progress=not args.quiet,
+            max_tokens=args.max_tokens, random_weights=args.random_weights, ray=args.ray,
+            force=args.force, strict=args.strict, progress=not args.quiet,
         )
-    except (ModelLoadError, PromptFileError) as error:
+    except (ModelLoadError, PromptFileError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -163,7 +163,7 @@ def load(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Load
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=SMOLLM2_GGUF, dtype=torch_dtype, attn_implementation="eager"
-            ).eval()
+            ).eval().to(device)  # the bridge leaves a passed-in model where it is: move it ourselves
             bridge = TransformerBridge.boot_transformers(
                 str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
             )

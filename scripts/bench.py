@@ -1,0 +1,291 @@
+"""Benchmark the activations stage: speed against a bare forward pass, cache size, figures,
+memory, the rerun of a fully cached prompt set, and the error of each pattern encoding.
+
+    python scripts/bench.py                                        # SmolLM2, first 100 of data/prompts.jsonl
+    python scripts/bench.py --model tiny-llama --random-weights --limit 8 --json /tmp/bench.json
+    python scripts/bench.py --profile 25                           # also: where the stage's time goes
+
+Speed compares like with like: the same prompts, tokenized, sorted by length and batched exactly
+as the stage does; "bare" is the bridge's forward on those batches with no hooks and no output,
+"stage" is the stage's whole per-model loop (tokenize, forward with caching, extract, encode,
+compress, write, index). Runs alternate bare/stage and the fastest of each is kept, so other
+load on the machine inflates neither side alone.
+
+Targets: stage <= 15% slower than bare; cache <= 1/8 of the bytes of a float32 n x n .npz of the
+same patterns; a rerun of everything cached < 3 s (a fresh process, imports included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib.util
+import io
+import json
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zstandard
+
+from lens_pipeline import activations, extract, index
+from lens_pipeline.cache import (
+    DEFAULT_PATTERN_ENCODING,
+    PATTERN_ENCODINGS,
+    PATTERN_MAX_ERROR,
+    ExtractSettings,
+    decode_pattern,
+    encode_pattern,
+    prompt_hash,
+)
+from lens_pipeline.models import resolve
+from lens_pipeline.prompts import read_prompts
+from lens_pipeline.random_models import resolve as resolve_random
+
+TARGETS = {"stage_overhead": 0.15, "bytes_ratio": 1 / 8, "rerun_s": 3.0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="model name as the activations stage takes it (default: %(default)s)")
+    parser.add_argument("--random-weights", action="store_true", help="architecture-only model (see the stage's --random-weights)")
+    parser.add_argument("--prompts", default="data/prompts.jsonl", help="prompt file (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=100, help="first N prompts (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--pattern-encoding", default=DEFAULT_PATTERN_ENCODING, choices=list(PATTERN_ENCODINGS))
+    parser.add_argument("--repeats", type=int, default=2, help="bare/stage pairs; the fastest of each counts (default: %(default)s)")
+    parser.add_argument("--error-prompts", type=int, default=24,
+                        help="prompts whose float32 patterns measure each encoding's error (default: %(default)s)")
+    parser.add_argument("--figure-prompts", type=int, default=3, help="caches each figure kind is drawn for (default: %(default)s; 0 = skip)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile one stage run and print its top N functions")
+    parser.add_argument("--json", default="bench.json", help="where to write the results (default: %(default)s)")
+    return parser
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bare_forward(model: Any, batches: list[list[extract.Tokenized]]) -> tuple[float, float]:
+    """(wall, CPU) seconds for the bridge's plain forward over the batches: no hooks, nothing kept."""
+    _sync(model.device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        input_ids, attention_mask = extract.pad_batch(model, batch)
+        model.bridge(input_ids, attention_mask=attention_mask)
+    _sync(model.device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def stage_run(model: Any, todo: list, save_path: Path, settings: ExtractSettings, batch_size: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for the stage's per-model loop, writing caches and index rows to `save_path`."""
+    shutil.rmtree(save_path, ignore_errors=True)
+    _sync(model.device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    written, failed = activations.run_prompts(model, todo, save_path, settings, batch_size, False, lambda m: None)
+    _sync(model.device)
+    if failed or written != len(todo):
+        raise SystemExit(f"bench: the stage failed on {failed} prompt(s); see {index.index_path(save_path)}")
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def npz_float32_bytes(n_layers: int, n_heads: int, n_tokens: int) -> int:
+    """Size of np.savez(patterns=float32 [L, H, T, T]): data, the .npy header, zip headers."""
+    buffer = io.BytesIO()
+    np.savez(buffer, patterns=np.zeros((n_layers, n_heads, 1, 1), np.float32))  # headers only
+    return len(buffer.getvalue()) - 4 * n_layers * n_heads + 4 * n_layers * n_heads * n_tokens**2
+
+
+@torch.no_grad()
+def encoding_errors(model: Any, batches: list[list[extract.Tokenized]]) -> dict[str, dict[str, float]]:
+    """Per encoding, on the real float32 patterns of these prompts: max and mean |stored - true|
+    per weight (lower triangle for causal models), max |row sum - 1|, zstd bytes per prompt."""
+    n_layers = model.bridge.cfg.n_layers
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    compressor = zstandard.ZstdCompressor(level=3)
+    stats = {e: {"max_abs": 0.0, "sum_abs": 0.0, "count": 0, "max_row_sum": 0.0, "bytes": 0} for e in PATTERN_ENCODINGS}
+    seen = 0
+    for batch in batches:
+        input_ids, attention_mask = extract.pad_batch(model, batch)
+        _, cached = model.bridge.run_with_cache(input_ids, attention_mask=attention_mask, names_filter=names)
+        for row, item in enumerate(batch):
+            length = len(item.ids)
+            mask = np.tril(np.ones((length, length), bool)) if model.causal else np.ones((length, length), bool)
+            for name in names:
+                true = cached[name][row, :, :length, :length].float().cpu().numpy()
+                for encoding, s in stats.items():
+                    stored = encode_pattern(true, encoding, model.causal)
+                    decoded = decode_pattern(stored, encoding, model.causal, length)
+                    error = np.abs(decoded - true)[:, mask]
+                    s["max_abs"] = max(s["max_abs"], float(error.max()))
+                    s["sum_abs"] += float(error.sum(dtype=np.float64))
+                    s["count"] += error.size
+                    s["max_row_sum"] = max(s["max_row_sum"], float(np.abs(decoded.sum(-1) - 1).max()))
+                    buffer = io.BytesIO()
+                    np.save(buffer, stored)
+                    s["bytes"] += len(compressor.compress(buffer.getvalue()))
+        seen += len(batch)
+    return {
+        e: {"max_abs": s["max_abs"], "mean_abs": s["sum_abs"] / max(1, s["count"]), "bound": PATTERN_MAX_ERROR[e],
+            "max_row_sum_error": s["max_row_sum"], "pattern_bytes_per_prompt": s["bytes"] / max(1, seen)}
+        for e, s in stats.items()
+    }
+
+
+def figure_rates(save_path: Path, hashes: list[str]) -> dict[str, dict[str, Any]]:
+    """Figures/s for each registered figure kind, drawn by the figures stage on `hashes`."""
+    if importlib.util.find_spec("lens_pipeline.figures") is None:
+        return {}
+    from lens_pipeline.figures import load_builtins, run_figures
+    from lens_pipeline.registry import REGISTRY
+
+    load_builtins()
+    rates = {}
+    for name, spec in sorted(REGISTRY.items()):
+        summary = run_figures(save_path, figures=[name], prompts=hashes, workers=1, progress=False)
+        rates[name] = {"scope": spec.scope, "written": summary.written, "failed": summary.failed,
+                       "seconds": summary.seconds, "per_s": summary.written / summary.seconds if summary.written else None}
+    return rates
+
+
+def rerun_seconds(args: argparse.Namespace, prompts_file: Path, save_path: Path) -> tuple[float, str]:
+    """Wall time of the stage's CLI in a fresh process when every prompt is already cached."""
+    command = [sys.executable, "-m", "lens_pipeline.activations", "--model", args.model, "--prompts", str(prompts_file),
+               "--save-path", str(save_path), "--batch-size", str(args.batch_size), "--pattern-encoding",
+               args.pattern_encoding, "--quiet"] + (["--random-weights"] if args.random_weights else [])
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0 or " 0 cache(s) written" not in done.stderr:
+        raise SystemExit(f"bench: the rerun did not find everything cached:\n{done.stderr}")
+    return seconds, done.stderr.strip().splitlines()[-1]
+
+
+def print_table(results: dict[str, Any]) -> None:
+    s, c = results["speed"], results["cache"]
+    lines = [
+        f"model {results['model']} on {results['device']} ({results['dtype']}), {results['prompts']} prompts, "
+        f"{results['tokens']} tokens, batch {results['batch_size']}, encoding {results['pattern_encoding']}",
+        f"{'':28}{'seconds':>9}{'CPU s':>8}{'prompts/s':>11}{'tokens/s':>10}",
+        f"{'bare forward':28}{s['bare_s']:9.2f}{s['bare_cpu_s']:8.2f}{s['bare_prompts_per_s']:11.2f}{s['bare_tokens_per_s']:10.0f}",
+        f"{'activations stage':28}{s['stage_s']:9.2f}{s['stage_cpu_s']:8.2f}{s['stage_prompts_per_s']:11.2f}{s['stage_tokens_per_s']:10.0f}",
+        f"stage overhead: {100 * s['overhead']:+.1f}% wall (target <= +{100 * TARGETS['stage_overhead']:.0f}%), "
+        f"{100 * (s['stage_cpu_s'] / s['bare_cpu_s'] - 1):+.1f}% CPU; runs: bare {', '.join(f'{x:.1f}' for x in s['bare_runs_s'])}"
+        f" s, stage {', '.join(f'{x:.1f}' for x in s['stage_runs_s'])} s",
+        f"cache: {c['bytes_per_prompt'] / 1e3:.1f} kB/prompt vs float32 n x n npz {c['npz_bytes_per_prompt'] / 1e6:.2f} MB/prompt"
+        f" = 1/{1 / c['ratio']:.0f} (target <= 1/8)",
+        f"rerun, all cached, fresh process: {results['rerun_s']:.2f} s (target < 3 s)",
+        f"peak RSS {results['peak_rss_bytes'] / 2**30:.2f} GiB"
+        + (f", peak GPU memory {results['peak_gpu_bytes'] / 2**30:.2f} GiB" if results.get("peak_gpu_bytes") else ""),
+        f"model load {results['load_s']:.1f} s",
+        "",
+        f"pattern encodings on {results['error_prompts']} prompts' float32 patterns:",
+        f"{'encoding':10}{'max |err|':>11}{'mean |err|':>12}{'bound':>10}{'max |rowsum-1|':>16}{'kB/prompt':>11}",
+    ]
+    for name, e in results["encodings"].items():
+        lines.append(f"{name:10}{e['max_abs']:11.2e}{e['mean_abs']:12.2e}{e['bound']:10.2e}"
+                     f"{e['max_row_sum_error']:16.2e}{e['pattern_bytes_per_prompt'] / 1e3:11.1f}")
+    if results["figures"]:
+        lines += ["", f"figures stage, {results['figure_prompts']} prompt(s), one process:",
+                  f"{'figure':28}{'scope':>8}{'written':>9}{'figures/s':>11}"]
+        for name, f in results["figures"].items():
+            rate = f"{f['per_s']:11.1f}" if f["per_s"] else f"{'skipped':>11}"
+            lines.append(f"{name:28}{f['scope']:>8}{f['written']:9d}{rate}")
+    else:
+        lines.append("figures: lens_pipeline.figures not present; skipped")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prompts, _ = read_prompts(args.prompts)
+    prompts = prompts[: args.limit]
+    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
+    settings = ExtractSettings(pattern_encoding=args.pattern_encoding)
+    work = Path(tempfile.mkdtemp(prefix="lens_bench_"))
+    try:
+        prompts_file = work / "prompts.jsonl"
+        prompts_file.write_text("".join(json.dumps({"text": p.text, **p.metadata}) + "\n" for p in prompts), encoding="utf-8")
+
+        started = time.perf_counter()
+        model = activations.load_model(source, args.device, args.dtype)
+        load_s = time.perf_counter() - started
+        todo = list({prompt_hash(source.model_id, p.text): (p, prompt_hash(source.model_id, p.text)) for p in prompts}.values())
+        # The batches the stage makes: tokenized the same way, stably sorted by length.
+        limit = extract.context_limit(model, settings)
+        tokens = sorted((extract.tokenize(model, p.text, limit) for p, _ in todo), key=lambda t: len(t.ids))
+        batches = [tokens[i : i + args.batch_size] for i in range(0, len(tokens), args.batch_size)]
+        n_tokens = sum(len(t.ids) for t in tokens)
+        bare_forward(model, batches[:1])  # warm-up: first-call allocations, lazy inits
+        if model.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+
+        bare, stage = [], []
+        save_path = work / "stage"
+        for _ in range(args.repeats):
+            bare.append(bare_forward(model, batches))
+            stage.append(stage_run(model, todo, save_path, settings, args.batch_size))
+            print(f"bench: bare {bare[-1][0]:.2f} s (CPU {bare[-1][1]:.2f} s), stage {stage[-1][0]:.2f} s "
+                  f"(CPU {stage[-1][1]:.2f} s)", file=sys.stderr)
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(stage_run, model, todo, save_path, settings, args.batch_size)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(args.profile)
+        (bare_s, bare_cpu), (stage_s, stage_cpu) = min(bare), min(stage)  # fastest wall time of each
+
+        rows = [r for r in index.read_rows(save_path) if r["kind"] == "cache" and r["status"] == "ok"]
+        cfg = model.bridge.cfg
+        cache_bytes = sum(r["bytes"] for r in rows)
+        npz_bytes = sum(npz_float32_bytes(cfg.n_layers, cfg.n_heads, r["n_tokens"]) for r in rows)
+        # Prompts spread over the length range (the batches are sorted: the first are the shortest).
+        sample = tokens[:: max(1, len(tokens) // args.error_prompts)][: args.error_prompts]
+        errors = encoding_errors(model, [sample[i : i + args.batch_size] for i in range(0, len(sample), args.batch_size)])
+        figures = figure_rates(save_path, [r["prompt_hash"] for r in rows[: args.figure_prompts]]) if args.figure_prompts else {}
+        rerun_s, rerun_line = rerun_seconds(args, prompts_file, save_path)
+
+        results = {
+            "model": source.name, "model_id": source.model_id, "device": model.device, "dtype": model.dtype,
+            "prompts": len(todo), "tokens": n_tokens, "batch_size": args.batch_size,
+            "pattern_encoding": args.pattern_encoding, "load_s": load_s,
+            "speed": {
+                "bare_s": bare_s, "stage_s": stage_s, "bare_cpu_s": bare_cpu, "stage_cpu_s": stage_cpu,
+                "bare_runs_s": [w for w, _ in bare], "stage_runs_s": [w for w, _ in stage],
+                "bare_prompts_per_s": len(todo) / bare_s, "stage_prompts_per_s": len(todo) / stage_s,
+                "bare_tokens_per_s": n_tokens / bare_s, "stage_tokens_per_s": n_tokens / stage_s,
+                "overhead": stage_s / bare_s - 1,
+            },
+            "cache": {"bytes_per_prompt": cache_bytes / len(rows), "npz_bytes_per_prompt": npz_bytes / len(rows),
+                      "ratio": cache_bytes / npz_bytes},
+            "rerun_s": rerun_s, "rerun_output": rerun_line,
+            "peak_rss_bytes": _peak_rss_bytes(),
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if model.device.startswith("cuda") else None,
+            "error_prompts": len(sample), "encodings": errors,
+            "figure_prompts": min(args.figure_prompts, len(rows)), "figures": figures,
+            "targets": TARGETS,
+        }
+        print_table(results)
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+        print(f"\nwritten: {args.json}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
