@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m lens_pipeline.activations --prompts $(PROMPTS) --save-path $(SAVE_PATH)
+	$(PY) -m lens_pipeline.activations --prompts $(PROMPTS) --save-path $(SAVE_PATH) --logit-lens
 	$(PY) -m lens_pipeline.figures --save-path $(SAVE_PATH) --workers 2
 
 # The viewer's browser tests drive Debian's Chromium (no browser download: none can be fetched).
