@@ -118,27 +118,14 @@ def run_activations(
         if ray:
             written, failed = _run_model_on_ray(source, todo, save_path, settings, batch_size, device, dtype, progress, log, ray)
         else:
-            written, failed = _run_model(source, todo, save_path, settings, batch_size, device, dtype, progress, log)
+            log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
+            model = load_model(source, device, dtype)
+            written, failed = run_prompts(model, todo, save_path, settings, batch_size, progress, log)
         summary.models_loaded.append(source.name)
         summary.written += written
         summary.failed += failed
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _run_model(
-    source: ModelSource,
-    todo: list[tuple[Prompt, str]],
-    save_path: Path,
-    settings: ExtractSettings,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    progress: bool,
-    log: Any,
-) -> tuple[int, int]:
-    log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
-    return run_prompts(load_model(source, device, dtype), todo, save_path, settings, batch_size, progress, log)
 
 
 def load_model(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Any:
@@ -249,7 +236,7 @@ def _run_model_on_ray(
     log: Any,
     address: str,
 ) -> tuple[int, int]:
-    """`_run_model` on Ray workers (one per GPU, else per CPU slot), each loading the model once.
+    """`run_prompts` on Ray workers (one per GPU, else per CPU slot), each loading the model once.
     Workers write cache files; only this process appends index rows, each shard's exactly once
     even when a killed worker's shard is retried."""
     from lens_pipeline import distributed
