@@ -673,7 +673,7 @@ views.head = async (main, params) => {
 
   main.replaceChildren(el("div", { class: "page" },
     title,
-    el("p", { class: "muted", text: `${info.model} · ${info.family} · ${info.causal ? "causal" : "bidirectional"} · ${info.n_tokens} tokens · stored as ${info.pattern_encoding} (max error ${info.pattern_max_error})` }),
+    el("p", { class: "muted", text: `${info.model} · ${info.family} · ${info.causal ? "causal" : "bidirectional"} · ${info.n_tokens} tokens · stored as ${info.pattern_encoding} (max error ${Number(info.pattern_max_error).toPrecision(2)})` }),
     promptTitle(info.text, info.prompt_hash),
     el("div", { class: "toolbar" }, layerSelect, headSelect, scaleSelect,
       el("span", { class: "hint muted" }, "keys: ", el("kbd", { text: "←" }), el("kbd", { text: "→" }), " head · ",
