@@ -219,14 +219,37 @@ class Cache:
         return self._arrays[name]
 
     # --- what the figures use -------------------------------------------------------
-    model: str = property(lambda self: self.meta["model"])  # type: ignore[assignment]
-    family: str = property(lambda self: self.meta["family"])  # type: ignore[assignment]
-    prompt_hash: str = property(lambda self: self.meta["prompt_hash"])  # type: ignore[assignment]
-    text: str = property(lambda self: self.meta["text"])  # type: ignore[assignment]
-    n_layers: int = property(lambda self: self.meta["n_layers"])  # type: ignore[assignment]
-    n_heads: int = property(lambda self: self.meta["n_heads"])  # type: ignore[assignment]
-    n_tokens: int = property(lambda self: self.meta["n_tokens"])  # type: ignore[assignment]
-    causal: bool = property(lambda self: self.meta["causal"])  # type: ignore[assignment]
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def family(self) -> str:
+        return self.meta["family"]
+
+    @property
+    def prompt_hash(self) -> str:
+        return self.meta["prompt_hash"]
+
+    @property
+    def text(self) -> str:
+        return self.meta["text"]
+
+    @property
+    def n_layers(self) -> int:
+        return self.meta["n_layers"]
+
+    @property
+    def n_heads(self) -> int:
+        return self.meta["n_heads"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.meta["n_tokens"]
+
+    @property
+    def causal(self) -> bool:
+        return self.meta["causal"]
 
     @cached_property
     def tokens(self) -> list[str]:
