@@ -30,6 +30,17 @@ MIXED_PROMPTS = [
 ]
 
 
+# Short real sentences for fast random-weight model tests (distinct lengths: padding matters).
+SHORT_TEXTS = [
+    "Hi",
+    "To be, or not to be: that is the question:",
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
+    "Double, double toil and trouble; fire burn and cauldron bubble.",
+    "Now is the winter of our discontent made glorious summer by this sun of York.",
+    "All the world's a stage, and all the men and women merely players.",
+]
+
+
 @pytest.fixture(scope="session")
 def mixed_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("prompts") / "mixed.jsonl", MIXED_PROMPTS)

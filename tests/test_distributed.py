@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from conftest import write_jsonl
+from conftest import SHORT_TEXTS, write_jsonl
 from lens_pipeline import index
 from lens_pipeline.activations import run_activations
 from lens_pipeline.cache import Cache
@@ -18,14 +18,7 @@ from lens_pipeline.models import ModelLoadError
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install ray): the --ray backend cannot run")
 
-TEXTS = [
-    "Hi",
-    "To be, or not to be: that is the question:",
-    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
-    "Double, double toil and trouble; fire burn and cauldron bubble.",
-    "Now is the winter of our discontent made glorious summer by this sun of York.",
-    "All the world's a stage, and all the men and women merely players.",
-]
+TEXTS = SHORT_TEXTS
 
 
 @pytest.fixture(scope="module", autouse=True)

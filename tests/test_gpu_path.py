@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHORT_TEXTS
 from lens_pipeline import extract, index
 from lens_pipeline.activations import run_prompts
 from lens_pipeline.cache import (
@@ -26,13 +27,7 @@ from lens_pipeline.models import LoadedModel
 from lens_pipeline.prompts import Prompt
 from lens_pipeline.random_models import load, resolve
 
-TEXTS = [
-    "Hi",
-    "To be, or not to be: that is the question:",
-    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
-    "Double, double toil and trouble; fire burn and cauldron bubble.",
-    "Now is the winter of our discontent made glorious summer by this sun of York.",
-]
+TEXTS = SHORT_TEXTS[:5]
 HOOK = "blocks.0.attn.hook_pattern"
 
 
