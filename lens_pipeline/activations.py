@@ -57,10 +57,11 @@ def cache_relpath(source: ModelSource, hash_: str) -> str:
 
 def _pending(
     source: ModelSource, prompts: Sequence[Prompt], save_path: Path, settings: dict[str, Any], force: bool
-) -> list[tuple[Prompt, str]]:
-    """(prompt, hash) pairs that still need a cache, without loading anything heavy."""
+) -> tuple[list[tuple[Prompt, str]], int]:
+    """(prompt, hash) pairs that still need a cache, and how many are already cached, without
+    loading anything heavy."""
     done = index.latest(r for r in index.read_rows(save_path) if r["kind"] == "cache")
-    todo, seen = [], set()
+    todo, seen, cached = [], set(), 0
     for prompt in prompts:
         hash_ = prompt_hash(source.model_id, prompt.text)
         if hash_ in seen:  # the same text twice in one file is one cache
@@ -68,9 +69,10 @@ def _pending(
         seen.add(hash_)
         row = done.get(("cache", source.name, hash_, "", None, None))
         if not force and index.is_complete(row, save_path) and row.get("params") == settings:
+            cached += 1
             continue
         todo.append((prompt, hash_))
-    return todo
+    return todo, cached
 
 
 def run_activations(
@@ -110,8 +112,8 @@ def run_activations(
 
     for name in models:
         source = resolve_random(name) if random_weights else resolve(name)
-        todo = _pending(source, good, save_path, settings.as_dict(), force)
-        summary.skipped += len({prompt_hash(source.model_id, p.text) for p in good}) - len(todo)
+        todo, cached = _pending(source, good, save_path, settings.as_dict(), force)
+        summary.skipped += cached
         if not todo:
             log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
             continue

@@ -30,12 +30,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
 from lens_pipeline import index
 from lens_pipeline.cache import Cache, CacheError, write_atomic
+from lens_pipeline.models import slug
 from lens_pipeline.registry import REGISTRY, FigureSpec, SkipFigure
 
 
@@ -93,8 +94,6 @@ def parse_range(spec: str | None) -> set[int] | None:
 def figure_paths(spec: FigureSpec, model: str, prompt_hash: str, task: Task, keys: Iterable[str]) -> dict[str, str]:
     """Output key -> path relative to the save path. One folder per prompt; a multi-file
     figure gets a sub-folder of its own."""
-    from lens_pipeline.models import slug
-
     stem = spec.name
     if task.layer is not None:
         stem += f".L{task.layer:02d}"
@@ -262,7 +261,7 @@ def run_figures(
             with Cache(save_path / cache_row["path"]) as cache:  # reads only meta.json
                 jobs = []
                 for spec in per_prompt_specs:
-                    spec_params = {**spec.params, **(params or {}).get(spec.name, {})}
+                    spec_params = effective_params(spec, params)
                     if any(not cache.has(name) for name in spec.needs):
                         continue  # e.g. the logit lens on a cache made without --logit-lens
                     for task in _tasks_for(spec, cache, layers, heads):
@@ -310,7 +309,20 @@ def run_figures(
     return summary
 
 
-def _draw_model_figures(save_path, specs, caches, params, is_done, record, summary) -> None:  # type: ignore[no-untyped-def]
+def effective_params(spec: FigureSpec, overrides: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """A figure's keyword defaults with the caller's overrides on top: what is called and recorded."""
+    return {**spec.params, **(overrides or {}).get(spec.name, {})}
+
+
+def _draw_model_figures(
+    save_path: Path,
+    specs: Sequence[FigureSpec],
+    caches: Sequence[dict[str, Any]],
+    params: dict[str, dict[str, Any]] | None,
+    is_done: Callable[..., bool],
+    record: Callable[[list[dict[str, Any]]], None],
+    summary: FiguresSummary,
+) -> None:
     """Model-scope figures (comparisons across a model's prompts) run after the prompts."""
     model_specs = [s for s in specs if s.scope == "model"]
     for model in sorted({row["model"] for row in caches}):
@@ -319,7 +331,7 @@ def _draw_model_figures(save_path, specs, caches, params, is_done, record, summa
         fingerprint = index.sha256_bytes("".join(sorted(r.get("sha256") or "" for r in rows)).encode())
         opened = None
         for spec in model_specs:
-            spec_params = {**spec.params, **(params or {}).get(spec.name, {})}
+            spec_params = effective_params(spec, params)
             if is_done(model, "", Task(spec.name), spec_params, fingerprint):
                 summary.skipped += 1
                 continue

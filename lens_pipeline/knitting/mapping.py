@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .grid import CODES, AxisScale, axis_scale, block_scale, quantise
+from .grid import CODES, AxisScale, block_scale, quantise
 
 SOURCES: dict[str, str] = {
     "attention_head": (
@@ -77,10 +77,7 @@ def attention_levels(
     ratio = a * n_visible[:, None]
     given = thresholds is not None
     th = [float(x) for x in thresholds] if given else [2.0 ** j for j in range(colours - 1)]
-    if len(th) != colours - 1:
-        raise ValueError(f"{colours} colours need {colours - 1} thresholds, got {len(th)}")
-    scaled, xs, ys = block_scale(ratio, width, height)
-    levels = quantise(scaled, th)
+    levels, xs, ys = _scaled_levels(ratio, th, colours, width, height)
     record = {
         "value": "attention x n (n = tokens the query can see); 1.0 = uniform attention 1/n",
         "causal": causal,
@@ -95,6 +92,16 @@ def attention_levels(
         "stitch_token": _block_index(xs)[::-1],  # stitch 1 (rightmost) first
     }
     return levels, record
+
+
+def _scaled_levels(
+    values: np.ndarray, thresholds: list[float], colours: int, width: int, height: int
+) -> tuple[np.ndarray, Any, Any]:
+    """Block-scale a [rows, cols] value grid to the chart and cut it into colour levels."""
+    if len(thresholds) != colours - 1:
+        raise ValueError(f"{colours} colours need {colours - 1} thresholds, got {len(thresholds)}")
+    scaled, xs, ys = block_scale(values, width, height)
+    return quantise(scaled, thresholds), xs, ys
 
 
 def top1_levels(
@@ -151,10 +158,7 @@ def resid_levels(
     else:
         qs = list(RESID_QUANTILES[colours])
         th = [float(x) for x in np.quantile(v, qs)]
-    if len(th) != colours - 1:
-        raise ValueError(f"{colours} colours need {colours - 1} thresholds, got {len(th)}")
-    scaled, xs, ys = block_scale(v, width, height)
-    levels = quantise(scaled, th)
+    levels, xs, ys = _scaled_levels(v, th, colours, width, height)
     record = {
         "value": "L2 norm of the residual stream",
         "thresholds": [round(x, 4) for x in th],
