@@ -4,7 +4,8 @@
 
 Resumable: prompts whose cache the index records as complete (same settings, file present with
 the recorded size) are skipped, and the model is not even loaded when nothing is left to do.
-Writes are atomic and happen on a background thread while the next batch runs.
+Caches are compressed between forward passes on all the forward's threads, then written
+atomically on a background thread while the next batch runs.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def run_prompts(
 ) -> tuple[int, int]:
     """Run (prompt, hash) pairs through a loaded model: write their caches and pass their index
     rows to `record` (default: append them to the index). Returns (written, failed)."""
+    import torch
+
     from lens_pipeline import extract, models
 
     source, save_path = model.source, Path(save_path)
@@ -160,6 +163,7 @@ def run_prompts(
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
     limit = extract.context_limit(model, settings)
     token_strings = extract.TokenStrings(model.tokenizer)
+    memory = extract.MemoryLimit()  # shrinks after an out-of-memory, for the rest of the run
     items = [(prompt, hash_, extract.tokenize(model, prompt.text, limit)) for prompt, hash_ in todo]
     items.sort(key=lambda item: len(item[2].ids))  # similar lengths together: less padding
     base_meta = {
@@ -182,7 +186,11 @@ def run_prompts(
         base_meta["note"] = "encoder without a trained LM head here: top-k predictions are not meaningful"
 
     written = failed = 0
-    writer = ThreadPoolExecutor(max_workers=1)  # compression + disk overlap the next forward pass
+    # Compression runs between forward passes on as many threads as the forward uses (zstd frees
+    # the GIL): overlapping it with the forward instead made torch's threads wait on each other
+    # and cost more than it hid. Only the disk writes overlap the next batch.
+    compressor = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+    writer = ThreadPoolExecutor(max_workers=1)
     in_flight: list[Future[dict[str, Any]]] = []
 
     def drain(keep: int) -> None:
@@ -191,27 +199,31 @@ def run_prompts(
             record([in_flight.pop(0).result()])
             written += 1
 
+    def compress(job: tuple[tuple[Prompt, str, Any], Any]) -> tuple[Path, bytes, dict[str, Any]]:
+        (prompt, hash_, tokens), result = job
+        meta = dict(base_meta, prompt_hash=hash_, text=prompt.text, n_tokens=len(tokens.ids),
+                    prompt_source=prompt.source, prompt_metadata=prompt.metadata)
+        warnings = []
+        if tokens.truncated_from:
+            warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
+            meta["truncated_from"] = tokens.truncated_from
+        return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings)
+
     bar = tqdm(total=len(items), desc=source.name, unit="prompt", disable=not progress)
     try:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             try:
-                results = extract.run_batch_with_oom_split(model, [t for _, _, t in batch], settings, token_strings, log)
+                results = extract.run_batch_with_oom_split(model, [t for _, _, t in batch], settings, token_strings, log, memory)
             except Exception as error:  # a batch that breaks is recorded per prompt and retried next run
                 failed += len(batch)
                 record([_error_row(source, h, p, error) for p, h, _ in batch])
                 log(f"error: {source.name} batch of {len(batch)} failed: {error}")
                 bar.update(len(batch))
                 continue
-            for (prompt, hash_, tokens), result in zip(batch, results):
-                meta = dict(base_meta, prompt_hash=hash_, text=prompt.text, n_tokens=len(tokens.ids),
-                            prompt_source=prompt.source, prompt_metadata=prompt.metadata)
-                warnings = []
-                if tokens.truncated_from:
-                    warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
-                    meta["truncated_from"] = tokens.truncated_from
-                in_flight.append(writer.submit(_write_cache, save_path, source, hash_, prompt, meta, result.arrays, warnings))
-            drain(keep=2 * batch_size)  # bound memory: at most ~two batches wait for the writer
+            for path, data, row in compressor.map(compress, zip(batch, results)):
+                in_flight.append(writer.submit(_write_file, path, data, row))
+            drain(keep=2 * batch_size)  # bound memory: at most ~two batches wait for the disk
             bar.update(len(batch))
         drain(keep=0)
     except KeyboardInterrupt:
@@ -221,6 +233,7 @@ def run_prompts(
         log(f"interrupted: {written} cache(s) of {source.name} saved; rerun the same command to resume")
         raise
     finally:
+        compressor.shutdown(wait=True)
         writer.shutdown(wait=True)
         bar.close()
     return written, failed
@@ -272,14 +285,14 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)  # in a Ray worker: Ray forwards it to the driver's terminal
 
 
-def _write_cache(
+def _serialize_cache(
     save_path: Path, source: ModelSource, hash_: str, prompt: Prompt, meta: dict[str, Any],
     arrays: dict[str, Any], warnings: list[str],
-) -> dict[str, Any]:
+) -> tuple[Path, bytes, dict[str, Any]]:
+    """(where it goes, the cache file's bytes, its index row): the CPU part of saving a cache."""
     data = serialize(CacheContents(meta, arrays))
     relpath = cache_relpath(source, hash_)
-    write_atomic(save_path / relpath, data)
-    return index.make_row(
+    row = index.make_row(
         "cache",
         model=source.name,
         model_id=source.model_id,
@@ -295,6 +308,12 @@ def _write_cache(
         warnings=warnings,
         prompt_metadata=prompt.metadata,
     )
+    return save_path / relpath, data, row
+
+
+def _write_file(path: Path, data: bytes, row: dict[str, Any]) -> dict[str, Any]:
+    write_atomic(path, data)
+    return row
 
 
 def _error_row(source: ModelSource, hash_: str, prompt: Prompt, error: Exception) -> dict[str, Any]:

@@ -12,7 +12,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lens_pipeline.cache import FIXED_POINT_LEVELS, PATTERN_ENCODINGS, ExtractSettings, pattern_member
+from lens_pipeline.cache import (
+    BYTE_PLANE_ENCODINGS,
+    FIXED_POINT_LEVELS,
+    PATTERN_ENCODINGS,
+    ExtractSettings,
+    pattern_member,
+)
 from lens_pipeline.models import LoadedModel
 
 
@@ -44,16 +50,6 @@ def tokenize(model: LoadedModel, text: str, limit: int) -> Tokenized:
     if len(ids) > limit:
         return Tokenized(ids[:limit], truncated_from=len(ids))
     return Tokenized(ids)
-
-
-def hook_names(model: LoadedModel, settings: ExtractSettings) -> list[str]:
-    n_layers = model.bridge.cfg.n_layers
-    names = ["blocks.0.hook_resid_pre"]
-    for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.hook_resid_post"]
-        if settings.n_neurons > 0:
-            names.append(f"blocks.{layer}.mlp.hook_post")
-    return names + [h for h in settings.hooks if h not in names]
 
 
 class TokenStrings:
@@ -88,14 +84,49 @@ def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torc
     so only the stored bytes cross to the host (a quarter of float32 n x n for float16)."""
     if encoding not in PATTERN_ENCODINGS:
         raise ValueError(f"unknown pattern encoding {encoding!r}; choose from {list(PATTERN_ENCODINGS)}")
+    fresh = patterns.dtype != torch.float32  # .float() below copies: safe to work in place
     if causal:
-        rows, cols = torch.tril_indices(patterns.shape[-1], patterns.shape[-1], device=patterns.device)
-        patterns = patterns[..., rows, cols]
-    patterns = patterns.float()
-    if encoding in FIXED_POINT_LEVELS:  # torch.round = np.rint: half to even
-        scaled = patterns.clamp(0, 1).mul_(FIXED_POINT_LEVELS[encoding]).round_()  # one buffer, not three
-        return scaled.to(torch.uint8 if encoding == "q8" else torch.uint16)
-    return patterns.to(torch.float16 if encoding == "float16" else torch.float32)
+        n = patterns.shape[-1]
+        rows, cols = torch.tril_indices(n, n, device=patterns.device)
+        patterns, fresh = patterns.flatten(-2)[..., rows * n + cols], True  # 1.6x index_select on CPU
+    values = patterns.float()
+    if encoding not in FIXED_POINT_LEVELS:
+        return values.to(torch.float16 if encoding == "float16" else torch.float32)
+    # The same float32 steps as numpy: p * levels + 0.5, truncated.
+    scaled = values.mul_(FIXED_POINT_LEVELS[encoding]) if fresh else values * FIXED_POINT_LEVELS[encoding]
+    if encoding not in BYTE_PLANE_ENCODINGS:
+        return scaled.add_(0.5).to(torch.uint8)
+    # [..., H, *tail] uint16 -> [..., H, 2, *tail] uint8: low bytes, then high bytes (a little-endian view).
+    tail = 1 if causal else 2
+    pairs = scaled.add_(0.5).to(torch.uint16).view(torch.uint8).unflatten(-1, (-1, 2))
+    return pairs.movedim(-1, -(tail + 1)).contiguous()
+
+
+def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, ids) [..., k] of softmax(logits), overwriting `logits` with exp(logits - max).
+
+    On the CPU this runs `rows` positions at a time so each pass stays in cache, and finds the
+    top k among the `block`s whose maxima are the k largest (they hold the k largest values):
+    1.5x faster than log_softmax + topk over the batch, for the same ids."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    step = flat.shape[0] if flat.is_cuda else rows
+    probs, ids = [], []
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start : start + step]
+        weights = chunk.sub_(chunk.amax(-1, keepdim=True)).exp_()
+        total = weights.sum(-1, keepdim=True)
+        if flat.is_cuda or weights.shape[-1] % block or weights.shape[-1] < k * block:
+            top, top_ids = weights.topk(k, dim=-1)
+        else:
+            blocks = weights.view(weights.shape[0], -1, block)
+            best_blocks = blocks.amax(-1).topk(k, dim=-1).indices  # [rows, k]
+            candidates = torch.gather(blocks, 1, best_blocks[..., None].expand(-1, -1, block)).flatten(1)
+            top, within = candidates.topk(k, dim=-1)
+            top_ids = torch.gather(best_blocks, 1, within // block) * block + within % block
+        probs.append(top / total)
+        ids.append(top_ids)
+    shape = logits.shape[:-1] + (k,)
+    return torch.cat(probs).reshape(shape), torch.cat(ids).reshape(shape)
 
 
 def to_host(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -122,16 +153,36 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
+@dataclass
+class MemoryLimit:
+    """What the device has shown it cannot hold: after an out-of-memory, batches bigger than half
+    the one that failed (rows x padded tokens^2, the size of its attention patterns) are split
+    before they run, so the longer batches that follow do not fail first, one by one."""
+
+    max_cost: int | None = None
+
+    @staticmethod
+    def cost(batch: Sequence[Tokenized]) -> int:
+        return len(batch) * max(len(t.ids) for t in batch) ** 2
+
+    def fits(self, batch: Sequence[Tokenized]) -> bool:
+        return self.max_cost is None or self.cost(batch) <= self.max_cost
+
+
 def run_batch_with_oom_split(
     model: LoadedModel,
     batch: Sequence[Tokenized],
     settings: ExtractSettings,
     token_strings: TokenStrings,
     log: Callable[[str], None] | None = None,
+    memory: MemoryLimit | None = None,
 ) -> list[Extracted]:
     """`run_batch`, but a batch that runs out of memory is split in halves and each half retried
-    (recursively), so one long batch costs a retry, not the run. One prompt that does not fit
-    raises as before."""
+    (recursively), so one long batch costs a retry, not the run; `memory` carries what was learnt
+    to the next batches. One prompt that does not fit raises as before."""
+    memory = memory if memory is not None else MemoryLimit()
+    if len(batch) > 1 and not memory.fits(batch):
+        return _run_halves(model, batch, settings, token_strings, log, memory)
     try:
         return run_batch(model, batch, settings, token_strings)
     except Exception as error:  # only out-of-memory is retried; the rest re-raise
@@ -140,12 +191,21 @@ def run_batch_with_oom_split(
     # Out of the except block: the traceback, and the activations its frames hold, are freed.
     if str(model.device).startswith("cuda"):
         torch.cuda.empty_cache()
-    half = len(batch) // 2
+    memory.max_cost = min(memory.max_cost or memory.cost(batch), memory.cost(batch) // 2)
     if log:
         longest = max(len(t.ids) for t in batch)
-        log(f"out of memory on a batch of {len(batch)} (up to {longest} tokens): retrying as {half} + {len(batch) - half}")
-    return run_batch_with_oom_split(model, batch[:half], settings, token_strings, log) + run_batch_with_oom_split(
-        model, batch[half:], settings, token_strings, log
+        log(f"out of memory on a batch of {len(batch)} (up to {longest} tokens): retrying as "
+            f"{len(batch) // 2} + {len(batch) - len(batch) // 2}; later batches are split to fit")
+    return _run_halves(model, batch, settings, token_strings, log, memory)
+
+
+def _run_halves(
+    model: LoadedModel, batch: Sequence[Tokenized], settings: ExtractSettings, token_strings: TokenStrings,
+    log: Callable[[str], None] | None, memory: MemoryLimit,
+) -> list[Extracted]:
+    half = len(batch) // 2
+    return run_batch_with_oom_split(model, batch[:half], settings, token_strings, log, memory) + run_batch_with_oom_split(
+        model, batch[half:], settings, token_strings, log, memory
     )
 
 
@@ -161,6 +221,20 @@ def pad_batch(model: LoadedModel, batch: Sequence[Tokenized]) -> tuple[torch.Ten
     return input_ids.to(model.device), attention_mask.to(model.device)
 
 
+def top_variance_neurons(post: torch.Tensor, real: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `n` MLP neurons that vary most over each prompt's real positions (the ones a token plot
+    can show): ids [B, n] and their activations [B, n, T], from post [B, T, d_mlp] and the float
+    mask `real` [B, 1, T]. Masked sums as matrix products for the whole batch, E[x^2] - E[x]^2
+    (2.4x faster than centring first; it only ranks neurons, and the high-variance ones it picks
+    are the ones cancellation cannot blur)."""
+    post = post.float()
+    count = real.sum(-1, keepdim=True)  # [B, 1, 1]
+    mean = torch.bmm(real, post).div_(count)
+    variance = torch.bmm(real, post * post).div_(count).sub_(mean.mul_(mean))[:, 0]  # [B, d_mlp]
+    chosen = variance.topk(min(n, post.shape[-1]), dim=-1).indices
+    return chosen, torch.gather(post, 2, chosen[:, None, :].expand(-1, post.shape[1], -1)).transpose(1, 2)
+
+
 @torch.no_grad()
 def run_batch(
     model: LoadedModel, batch: Sequence[Tokenized], settings: ExtractSettings, token_strings: TokenStrings
@@ -170,49 +244,58 @@ def run_batch(
     lengths = [len(t.ids) for t in batch]
     padded = max(lengths)
     input_ids, attention_mask = pad_batch(model, batch)
-    names = hook_names(model, settings)
-    logits, activations = bridge.run_with_cache(input_ids, attention_mask=attention_mask, names_filter=names)
     n_layers = bridge.cfg.n_layers
+    real = attention_mask[:, None, :].to(torch.float32)  # [B, 1, T]
 
-    # On the device: batched reductions, patterns cut and encoded; then one transfer to the host.
-    out: dict[str, Any] = {}
-    # Causal: the row-major lower triangle of a T x T prompt is the prefix of the padded one's.
-    out["patterns"] = [
-        encode_patterns(activations[f"blocks.{layer}.attn.hook_pattern"], settings.pattern_encoding, model.causal)
-        for layer in range(n_layers)
-    ]
-    residuals = [activations["blocks.0.hook_resid_pre"]] + [
-        activations[f"blocks.{layer}.hook_resid_post"] for layer in range(n_layers)
-    ]
-    out["resid_norms"] = torch.stack([r.float().norm(dim=-1) for r in residuals])  # [L+1, B, T]
-    scores = logits.float()  # logits are not needed after this: normalise in place, no second [B, T, vocab]
-    top_probs, top_ids = torch.log_softmax(scores, dim=-1, out=scores).topk(settings.top_k, dim=-1)
-    out["topk_probs"], out["topk_ids"] = top_probs.exp().to(torch.float16), top_ids.to(torch.int32)
+    # Each layer's activations are reduced inside the forward, in hooks, while they are fresh:
+    # the batch never holds every layer's float patterns at once (the bare forward does not
+    # either), which on CPU saved the page faults of ~1 GB of new memory per batch.
+    patterns: list[Any] = [None] * n_layers  # encoded, on the device
+    norms: list[Any] = [None] * (n_layers + 1)  # residual L2 norms [B, T]
+    residuals: list[Any] = [None] * n_layers  # kept only for the logit lens
+    neurons: list[Any] = [None] * n_layers
+    extra: dict[str, Any] = {}
+
+    def keep(target: Any, key: Any, reduce: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor, Any], None]:
+        def hook(value: torch.Tensor, hook: Any) -> None:  # returns None: the forward goes on unchanged
+            target[key] = reduce(value)
+
+        return hook
+
+    def norm(residual: torch.Tensor) -> torch.Tensor:
+        return residual.float().norm(dim=-1)
+
+    hooks = [("blocks.0.hook_resid_pre", keep(norms, 0, norm))]
+    for layer in range(n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_pattern",
+                      keep(patterns, layer, lambda p: encode_patterns(p, settings.pattern_encoding, model.causal))))
+        hooks.append((f"blocks.{layer}.hook_resid_post", keep(norms, layer + 1, norm)))
+        if settings.logit_lens:
+            hooks.append((f"blocks.{layer}.hook_resid_post", keep(residuals, layer, lambda r: r)))
+        if settings.n_neurons > 0:
+            hooks.append((f"blocks.{layer}.mlp.hook_post",
+                          keep(neurons, layer, lambda post: top_variance_neurons(post, real, settings.n_neurons))))
+    for name in settings.hooks:
+        hooks.append((name, keep(extra, name, lambda value: [
+            _cut_hook(value, row, length, padded).to(torch.float16) for row, length in enumerate(lengths)])))
+    logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
+    if any(value is None for value in patterns + norms + (neurons if settings.n_neurons > 0 else [])):
+        raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
+
+    # On the device: what is left to reduce, then one transfer to the host.
+    out: dict[str, Any] = {"patterns": patterns, "resid_norms": torch.stack(norms)}  # [L+1, B, T]
+    top_probs, top_ids = top_predictions(logits.float(), settings.top_k)  # the logits are not needed after
+    out["topk_probs"], out["topk_ids"] = top_probs.to(torch.float16), top_ids.to(torch.int32)
     if settings.logit_lens:
-        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in residuals[1:]]
+        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in residuals]
         out["logit_lens_probs"] = torch.stack([m.values for m in lens]).to(torch.float16)  # [L, B, T]
         out["logit_lens_ids"] = torch.stack([m.indices for m in lens]).to(torch.int32)
     if settings.n_neurons > 0:
-        # The neurons that vary most over each prompt are the ones a token plot can show. Variance
-        # over real positions only, for the whole batch at once: masked sums as matrix products
-        # (two passes, for accuracy), 5x faster on CPU than a torch.var per prompt.
-        real = attention_mask[:, None, :].to(torch.float32)  # [B, 1, T]
-        count = real.sum(-1, keepdim=True)  # [B, 1, 1]
-        chosen_layers, acts_layers = [], []
-        for layer in range(n_layers):
-            post = activations[f"blocks.{layer}.mlp.hook_post"].float()  # [B, T, d_mlp]
-            centred = post - torch.bmm(real, post) / count
-            variance = torch.bmm(real, centred.mul_(centred))[:, 0]  # [B, d_mlp], times count
-            chosen = variance.topk(min(settings.n_neurons, post.shape[-1]), dim=-1).indices  # [B, n]
-            chosen_layers.append(chosen)
-            acts_layers.append(torch.gather(post, 2, chosen[:, None, :].expand(-1, padded, -1)).transpose(1, 2))
-        out["neuron_ids"] = torch.stack(chosen_layers, 1).to(torch.int32)  # [B, L, n]
-        out["neuron_acts"] = torch.stack(acts_layers, 1).to(torch.float16)  # [B, L, n, T]
-    for hook in settings.hooks:
-        out[f"hooks/{hook}"] = [
-            _cut_hook(activations[hook], row, length, padded).to(torch.float16) for row, length in enumerate(lengths)
-        ]
-    del activations, logits, residuals  # device memory back before the host work
+        out["neuron_ids"] = torch.stack([ids for ids, _ in neurons], 1).to(torch.int32)  # [B, L, n]
+        out["neuron_acts"] = torch.stack([acts for _, acts in neurons], 1).to(torch.float16)  # [B, L, n, T]
+    for name in settings.hooks:
+        out[f"hooks/{name}"] = extra[name]
+    del logits, residuals  # device memory back before the host work
     host = to_host(out)
 
     results = []
@@ -223,8 +306,8 @@ def run_batch(
         arrays["token_strs"] = token_strings(ids)
         for layer in range(n_layers):
             encoded = host["patterns"][layer][row]
-            encoded = encoded[:, : length * (length + 1) // 2] if model.causal else encoded[:, :length, :length]
-            arrays[pattern_member(layer)] = np.ascontiguousarray(encoded)  # own copy: the batch buffer can go
+            encoded = encoded[..., : length * (length + 1) // 2] if model.causal else encoded[..., :length, :length]
+            arrays[pattern_member(layer)] = encoded  # a view: the writer compresses it where it lies
         arrays["topk_ids"] = host["topk_ids"][row, :length]
         arrays["topk_probs"] = host["topk_probs"][row, :length]
         arrays["topk_strs"] = token_strings(arrays["topk_ids"])

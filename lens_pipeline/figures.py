@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import io
 import json
 import multiprocessing
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from lens_pipeline import index
 from lens_pipeline.cache import Cache, CacheError, write_atomic
+from lens_pipeline.distributed import DistributedError
 from lens_pipeline.models import slug
 from lens_pipeline.registry import REGISTRY, FigureSpec, SkipFigure
 
@@ -220,6 +222,7 @@ def run_figures(
     heads: str | set[int] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     workers: int = 1,
+    ray: str | None = None,
     force: bool = False,
     progress: bool = True,
     display: bool = False,
@@ -227,7 +230,8 @@ def run_figures(
     """Draw figures for the caches in `save_path`; returns the rows it wrote.
 
     figures: globs over registered names; models: model names; prompts: prompt-hash prefixes;
-    layers/heads: sets or '0-3,7' strings; params: {figure name: {param: value}} overrides.
+    layers/heads: sets or '0-3,7' strings; params: {figure name: {param: value}} overrides;
+    workers: local processes; ray: 'auto' or a cluster address, to draw on Ray workers instead.
     """
     started = time.perf_counter()
     load_builtins()
@@ -290,7 +294,10 @@ def run_figures(
         bar.update(len(new_rows))
 
     try:
-        if workers > 1 and len(plan) > 1:
+        if ray and plan:
+            for rows_of_shard in _draw_on_ray(save_path, plan, ray):
+                record(rows_of_shard)
+        elif workers > 1 and len(plan) > 1:
             # fork keeps figures registered in a notebook's __main__ visible to the workers.
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
@@ -307,6 +314,33 @@ def run_figures(
     if display:
         show(summary.rows, save_path)
     return summary
+
+
+def _draw_on_ray(
+    save_path: Path, plan: list[tuple[dict[str, Any], list[tuple[Task, dict[str, Any]]]]], address: str
+) -> Iterable[list[dict[str, Any]]]:
+    """The per-prompt plan on Ray workers (one per CPU slot), a few prompts per shard; each
+    shard's rows come back here, the index's only writer. The figure specs travel with the work,
+    so functions registered in a notebook draw on the workers too. SAVE_PATH must be a folder
+    every worker sees (one machine, or a shared file system)."""
+    from lens_pipeline import distributed
+
+    specs = [REGISTRY[name] for name in sorted({task.function for _, jobs in plan for task, _ in jobs})]
+    setup = functools.partial(_register_on_worker, specs)
+    work = functools.partial(_draw_shard, save_path=save_path)
+    return distributed.run_shards(setup, work, distributed.chunks(plan, 2), address=address, use_gpus=False)
+
+
+def _register_on_worker(specs: list[FigureSpec]) -> None:
+    _one_blas_thread()
+    for spec in specs:
+        REGISTRY[spec.name] = spec
+
+
+def _draw_shard(
+    state: None, shard: list[tuple[dict[str, Any], list[tuple[Task, dict[str, Any]]]]], *, save_path: Path
+) -> list[dict[str, Any]]:
+    return [row for cache_row, jobs in shard for row in _draw_prompt(save_path, cache_row, jobs)]
 
 
 def effective_params(spec: FigureSpec, overrides: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -373,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=[], metavar="FIGURE.NAME=VALUE",
                         help="override a figure's parameter (JSON value), e.g. knitting_pattern.width=30; repeatable")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, parallel across prompts (default: %(default)s)")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="draw on Ray workers (one per CPU slot) instead of local processes; auto = the running "
+                        "cluster, else a new local one (pip install 'lens_pipeline[ray]'); SAVE_PATH must be shared")
     parser.add_argument("--force", action="store_true", help="redraw figures even if the index has them")
     parser.add_argument("--list", action="store_true", help="list registered figure functions and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -411,9 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_figures(
             args.save_path, figures=split(args.figures), models=split(args.model), prompts=split(args.prompts),
             layers=args.layers, heads=args.heads, params=_parse_params(args.param),
-            workers=args.workers, force=args.force, progress=not args.quiet,
+            workers=args.workers, ray=args.ray, force=args.force, progress=not args.quiet,
         )
-    except ValueError as error:
+    except (ValueError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -199,3 +199,8 @@ def load_reusing(source: ModelSource, device: str = "auto", dtype: str = "auto")
         _LAST_LOADED.clear()  # hold one model at a time: they are large
         _LAST_LOADED[key] = load(source, device=device, dtype=dtype)
     return _LAST_LOADED[key]
+
+
+def forget_loaded() -> None:
+    """Drop the model `load_reusing` keeps (its memory goes back; the next call loads afresh)."""
+    _LAST_LOADED.clear()

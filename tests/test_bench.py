@@ -28,7 +28,7 @@ def test_bench_prints_a_table_and_writes_every_measurement(tmp_path: Path) -> No
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    for heading in ("bare forward", "activations stage", "stage overhead", "cache:", "rerun", "peak RSS", "q12"):
+    for heading in ("bare forward", "activations stage", "stage throughput", "cache:", "rerun", "peak RSS", "q12"):
         assert heading in done.stdout
     results = json.loads(out.read_text())
     assert results["model"] == "tiny-llama-random" and results["prompts"] == 4

@@ -1,15 +1,19 @@
+import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from lens_pipeline.cache import (
+    BYTE_PLANE_ENCODINGS,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,
     Cache,
     CacheContents,
     CacheError,
+    compress_npy,
     decode_pattern,
     encode_pattern,
     serialize,
@@ -31,8 +35,8 @@ def random_patterns(heads: int, tokens: int, causal: bool, seed: int = 0) -> np.
 def test_encodings_round_trip_within_their_stated_bound(encoding: str, causal: bool) -> None:
     patterns = random_patterns(3, 17, causal)
     stored = encode_pattern(patterns, encoding, causal)
-    if causal:
-        assert stored.shape == (3, 17 * 18 // 2)  # lower triangle only
+    planes = (2,) if encoding in BYTE_PLANE_ENCODINGS else ()  # [H, 2, ...] uint8: low, high bytes
+    assert stored.shape == (3, *planes, *((17 * 18 // 2,) if causal else (17, 17)))  # causal: lower triangle only
     decoded = decode_pattern(stored, encoding, causal, 17)
     assert decoded.dtype == np.float32 and decoded.shape == patterns.shape
     assert np.abs(decoded - patterns).max() <= PATTERN_MAX_ERROR[encoding] + 1e-7
@@ -77,3 +81,27 @@ def test_corrupt_and_missing_caches_raise_cache_error(tmp_path: Path) -> None:
         Cache(tmp_path / "truncated.zip")
     with pytest.raises(CacheError):
         Cache(tmp_path / "missing.zip")
+
+
+def test_byte_planes_hold_low_then_high_bytes_and_schema_1_uint16_still_decodes() -> None:
+    patterns = random_patterns(2, 9, True)
+    planes = encode_pattern(patterns, "q12", True)
+    assert planes.dtype == np.uint8 and planes.shape == (2, 2, 45)
+    values = planes[:, 0].astype(np.uint16) + 256 * planes[:, 1].astype(np.uint16)
+    assert values.max() <= 4095 and np.abs(values / 4095 - patterns[(slice(None), *np.tril_indices(9))]).max() <= PATTERN_MAX_ERROR["q12"]
+    # A schema-1 cache stored the same values as plain uint16: the loader reads both.
+    np.testing.assert_array_equal(decode_pattern(values, "q12", True, 9), decode_pattern(planes, "q12", True, 9))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "fortran", "strided rows", "strided runs", "0-d", "empty", "strings"])
+def test_arrays_are_stored_as_np_save_would_whatever_their_memory_layout(layout: str) -> None:
+    base = np.arange(2 * 3 * 2 * 5, dtype=np.uint16).reshape(2, 3, 2, 5)
+    array = {
+        "contiguous": base, "fortran": np.asfortranarray(base[0, :, 0]), "strided rows": base[:, 0, 0, :3],
+        "strided runs": base[1, :, :, :4], "0-d": np.float32(3.5), "empty": np.zeros((3, 0)),
+        "strings": np.array([["a", "bc"], ["d", "é"]])[:, ::-1],
+    }[layout]
+    stored = zstandard.ZstdDecompressor().decompress(compress_npy(np.asarray(array), zstandard.ZstdCompressor()))
+    expected = io.BytesIO()
+    np.save(expected, np.asarray(array) if np.ndim(array) == 0 else np.ascontiguousarray(array))
+    assert stored == expected.getvalue()

@@ -122,3 +122,37 @@ def test_activations_on_ray_equal_a_single_process_run(tmp_path: Path) -> None:
     # Resume works the same: nothing left to do, no worker started.
     again = run_activations("tiny-llama", prompts, tmp_path / "ray", ray="auto", **kwargs)
     assert (again.written, again.skipped) == (0, len(TEXTS))
+
+
+def test_figures_on_ray_equal_a_single_process_run_including_a_notebook_figure(tmp_path: Path) -> None:
+    import shutil
+
+    from lens_pipeline.figures import run_figures
+    from lens_pipeline.registry import REGISTRY, register_figure
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS[:3]])
+    run_activations("tiny-llama", prompts, tmp_path / "single", random_weights=True, progress=False)
+    shutil.copytree(tmp_path / "single", tmp_path / "ray")
+
+    # Defined here, as in a notebook: not importable by a worker, so it must travel with the work.
+    @register_figure(scope="layer", formats="json")
+    def ray_test_first_token_share(cache, layer, scale=1.0):
+        return {"share": [float(scale * cache.pattern(layer, h)[:, 0].mean()) for h in range(cache.n_heads)]}
+
+    try:
+        kwargs = dict(figures=["attention_heatmap", "token_values", "ray_test_*"], layers="0-1", progress=False)
+        single = run_figures(tmp_path / "single", **kwargs)
+        on_ray = run_figures(tmp_path / "ray", ray="auto", **kwargs)
+        again = run_figures(tmp_path / "ray", ray="auto", **kwargs)  # resumes: nothing left to draw
+    finally:
+        REGISTRY.pop("ray_test_first_token_share")
+    assert (on_ray.written, on_ray.failed) == (single.written, single.failed)
+    assert single.failed == 0 and single.written == 3 * (2 * 4 + 1 + 2)  # per prompt: 2 layers x 4 heads, 1, 2 layers
+
+    def rows(save_path: Path) -> list[dict]:  # all but when and how fast; sha256 pins every file's bytes
+        drop = {"created", "seconds"}
+        figure_rows = [{k: v for k, v in r.items() if k not in drop} for r in index.read_rows(save_path) if r["kind"] == "figure"]
+        return sorted(figure_rows, key=lambda r: (r["prompt_hash"], r["function"], r["layer"] or 0, r["head"] or 0))
+
+    assert rows(tmp_path / "ray") == rows(tmp_path / "single")
+    assert (again.written, again.skipped) == (0, single.written)

@@ -148,9 +148,10 @@ def test_out_of_memory_batch_is_split_in_halves_until_it_fits(llama: LoadedModel
     notes: list[str] = []
     with forward_hook(llama, oom_above(2, seen, error, message)):
         results = extract.run_batch_with_oom_split(llama, batch, settings, strings, log=notes.append)
-    # 5 -> 2 + 3, and the 3 -> 1 + 2: every forward that ran, in order.
-    assert seen == [5, 2, 3, 1, 2]
-    assert len(notes) == 2 and "batch of 5" in notes[0] and "retrying as 2 + 3" in notes[0]
+    # 5 -> 2 + 3; the 3 holds more than half the 5 that failed, so it is split into 1 + 2 before
+    # it runs: every forward that ran, in order.
+    assert seen == [5, 2, 1, 2]
+    assert len(notes) == 1 and "batch of 5" in notes[0] and "retrying as 2 + 3" in notes[0]
     # Nothing lost or reordered: equal to running those halves directly.
     expected = extract.run_batch(llama, batch[:2], settings, strings) + extract.run_batch(llama, batch[2:3], settings, strings)
     expected += extract.run_batch(llama, batch[3:], settings, strings)
@@ -191,3 +192,36 @@ def test_stage_survives_out_of_memory_without_losing_prompts(llama: LoadedModel,
     assert (written, failed) == (0, len(TEXTS))
     rows = index.read_rows(tmp_path / "none")
     assert len(rows) == len(TEXTS) and all(r["status"] == "error" and "out of memory" in r["error"] for r in rows)
+
+
+def test_after_an_out_of_memory_later_batches_are_split_before_they_run(llama: LoadedModel, tmp_path: Path) -> None:
+    todo = [(Prompt(text, f"test:{i}"), prompt_hash(llama.source.model_id, text)) for i, text in enumerate(TEXTS)]
+    seen: list[int] = []
+    notes: list[str] = []
+    with forward_hook(llama, oom_above(1, seen)):  # only single prompts fit
+        written, failed = run_prompts(llama, todo, tmp_path, ExtractSettings(), 2, False, notes.append)
+    assert (written, failed) == (len(TEXTS), 0)
+    # Batches come shortest first, so the first pair that failed is the smallest pair: every
+    # later pair is split before it runs. One failed forward in all, not one per batch.
+    assert seen == [2] + [1] * len(TEXTS)
+    assert len(notes) == 1 and "later batches are split to fit" in notes[0]
+
+
+def test_stored_neurons_are_the_highest_variance_ones_over_each_prompts_real_positions(llama: LoadedModel) -> None:
+    batch, settings = tokenized(llama), ExtractSettings(n_neurons=8)
+    results = extract.run_batch(llama, batch, settings, extract.TokenStrings(llama.tokenizer))
+    input_ids, mask = extract.pad_batch(llama, batch)
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(llama.bridge.cfg.n_layers)]
+    with torch.no_grad():
+        _, cached = llama.bridge.run_with_cache(input_ids, attention_mask=mask, names_filter=names)
+    assert len({len(item.ids) for item in batch}) > 1  # padding is there to be ignored
+    for row, item in enumerate(batch):
+        n = len(item.ids)
+        for layer, name in enumerate(names):
+            post = cached[name][row, :n].double().numpy()  # [T, d_mlp], real positions only
+            variance = post.var(axis=0)
+            chosen = results[row].arrays["neuron_ids"][layer]
+            others = np.setdiff1d(np.arange(post.shape[1]), chosen)
+            assert len(set(chosen.tolist())) == 8
+            assert variance[chosen].min() >= variance[others].max() * (1 - 1e-4)
+            np.testing.assert_allclose(results[row].arrays["neuron_acts"][layer], post[:, chosen].T, rtol=1e-3, atol=1e-3)
