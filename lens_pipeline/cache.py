@@ -134,9 +134,10 @@ def decode_pattern(stored: np.ndarray, encoding: str, causal: bool, n_tokens: in
     return square
 
 
-def compress_npy(array: np.ndarray, compressor: zstandard.ZstdCompressor) -> bytes:
-    """`np.save(array)` compressed, streamed run by run: a slice of a batch ([H, 2, n] out of
-    [B, H, 2, N]) is compressed where it lies, with no contiguous copy and no .npy copy first."""
+def write_npy_zst(array: np.ndarray, compressor: zstandard.ZstdCompressor, target: Any) -> None:
+    """Write `np.save(array)` zstd-compressed to the file-like `target`, streamed run by run: a
+    slice of a batch ([H, 2, n] out of [B, H, 2, N]) is compressed where it lies, with no
+    contiguous copy, no .npy copy and no compressed copy in between."""
     header = io.BytesIO()
     described = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
     np.lib.format.write_array_header_1_0(header, described)  # the bytes always go in C order
@@ -146,12 +147,10 @@ def compress_npy(array: np.ndarray, compressor: zstandard.ZstdCompressor) -> byt
         runs = (array[i] for i in np.ndindex(array.shape[:-1]))
     else:
         runs = [np.ascontiguousarray(array)]
-    out = io.BytesIO()
-    with compressor.stream_writer(out, size=header.tell() + array.nbytes, closefd=False) as writer:
+    with compressor.stream_writer(target, size=header.tell() + array.nbytes, closefd=False) as writer:
         writer.write(header.getbuffer())
         for run in runs:
             writer.write(memoryview(run.reshape(-1)).cast("B"))
-    return out.getvalue()
 
 
 @dataclass
@@ -173,7 +172,8 @@ def serialize(contents: CacheContents, level: int = ZSTD_LEVEL) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(zipfile.ZipInfo("meta.json", FIXED_ZIP_TIME), json.dumps(meta, ensure_ascii=False, indent=1))
         for name, array in contents.arrays.items():
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy.zst", FIXED_ZIP_TIME), compress_npy(array, compressor))
+            with archive.open(zipfile.ZipInfo(f"{name}.npy.zst", FIXED_ZIP_TIME), "w") as member:
+                write_npy_zst(array, compressor, member)
     return buffer.getvalue()
 
 

@@ -106,24 +106,27 @@ def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 1
     """(probabilities, ids) [..., k] of softmax(logits), overwriting `logits` with exp(logits - max).
 
     On the CPU this runs `rows` positions at a time so each pass stays in cache, and finds the
-    top k among the `block`s whose maxima are the k largest (they hold the k largest values):
-    1.5x faster than log_softmax + topk over the batch, for the same ids."""
+    top k among the `block`s whose maxima are the k largest (they hold the k largest values);
+    the block maxima also give each row's maximum. 1.5x faster than log_softmax + topk over the
+    batch, for the same ids."""
     flat = logits.reshape(-1, logits.shape[-1])
-    step = flat.shape[0] if flat.is_cuda else rows
+    blocked = not flat.is_cuda and flat.shape[-1] % block == 0 and flat.shape[-1] >= k * block
+    step = rows if not flat.is_cuda else flat.shape[0]
     probs, ids = [], []
     for start in range(0, flat.shape[0], step):
         chunk = flat[start : start + step]
-        weights = chunk.sub_(chunk.amax(-1, keepdim=True)).exp_()
-        total = weights.sum(-1, keepdim=True)
-        if flat.is_cuda or weights.shape[-1] % block or weights.shape[-1] < k * block:
-            top, top_ids = weights.topk(k, dim=-1)
-        else:
-            blocks = weights.view(weights.shape[0], -1, block)
-            best_blocks = blocks.amax(-1).topk(k, dim=-1).indices  # [rows, k]
+        if blocked:
+            blocks = chunk.view(chunk.shape[0], -1, block)
+            block_max = blocks.amax(-1)  # [rows, n_blocks]
+            best_blocks = block_max.topk(k, dim=-1).indices  # [rows, k]
+            weights = chunk.sub_(block_max.amax(-1, keepdim=True)).exp_()
             candidates = torch.gather(blocks, 1, best_blocks[..., None].expand(-1, -1, block)).flatten(1)
             top, within = candidates.topk(k, dim=-1)
             top_ids = torch.gather(best_blocks, 1, within // block) * block + within % block
-        probs.append(top / total)
+        else:
+            weights = chunk.sub_(chunk.amax(-1, keepdim=True)).exp_()
+            top, top_ids = weights.topk(k, dim=-1)
+        probs.append(top / weights.sum(-1, keepdim=True))
         ids.append(top_ids)
     shape = logits.shape[:-1] + (k,)
     return torch.cat(probs).reshape(shape), torch.cat(ids).reshape(shape)

@@ -18,8 +18,8 @@ import pytest
 from lens_pipeline import cache as cache_mod
 from viewer_data import (
     MODELS, VIEWER_PROMPTS, XSS_IMG, XSS_SCRIPT, broken_copy, cache_row, latest_rows, running_server,
-    viewer_save_path,
 )
+from viewer_data import viewer_save_path_fixture, viewer_server_fixture  # noqa: F401  (fixtures save_path, server)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -62,17 +62,6 @@ def driver():
             yield browser
         finally:
             browser.quit()
-
-
-@pytest.fixture(scope="module")
-def save_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return viewer_save_path(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(save_path: Path):
-    with running_server(save_path) as running:
-        yield running
 
 
 # ----------------------------------------------------------------------------- helpers

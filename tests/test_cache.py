@@ -13,11 +13,11 @@ from lens_pipeline.cache import (
     Cache,
     CacheContents,
     CacheError,
-    compress_npy,
     decode_pattern,
     encode_pattern,
     serialize,
     write_atomic,
+    write_npy_zst,
 )
 
 
@@ -101,7 +101,9 @@ def test_arrays_are_stored_as_np_save_would_whatever_their_memory_layout(layout:
         "strided runs": base[1, :, :, :4], "0-d": np.float32(3.5), "empty": np.zeros((3, 0)),
         "strings": np.array([["a", "bc"], ["d", "é"]])[:, ::-1],
     }[layout]
-    stored = zstandard.ZstdDecompressor().decompress(compress_npy(np.asarray(array), zstandard.ZstdCompressor()))
+    compressed = io.BytesIO()
+    write_npy_zst(np.asarray(array), zstandard.ZstdCompressor(), compressed)
+    stored = zstandard.ZstdDecompressor().decompress(compressed.getvalue())
     expected = io.BytesIO()
     np.save(expected, np.asarray(array) if np.ndim(array) == 0 else np.ascontiguousarray(array))
     assert stored == expected.getvalue()

@@ -22,8 +22,8 @@ from lens_pipeline import index
 from lens_pipeline.server import STATIC_DIR
 from viewer_data import (
     MODELS, XSS_IMG, XSS_SCRIPT, broken_copy, cache_row, latest_rows, running_server, synthetic_index,
-    viewer_save_path,
 )
+from viewer_data import viewer_save_path_fixture, viewer_server_fixture  # noqa: F401  (fixtures save_path, server)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,17 +54,6 @@ def ok_json(server: Any, path: str) -> Any:
     status, payload = get_json(server, path)
     assert status == 200, (path, payload)
     return payload
-
-
-@pytest.fixture(scope="module")
-def save_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return viewer_save_path(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(save_path: Path):
-    with running_server(save_path) as running:
-        yield running
 
 
 # ----------------------------------------------------------------------------- exact values

@@ -110,3 +110,16 @@ def synthetic_index(save_path: Path, n_figures: int, png: bytes) -> list[dict[st
     index.append_rows(save_path, caches)
     index.append_rows(save_path, figures)
     return figures
+
+
+# The `save_path` and `server` fixtures of the modules that test the viewer: each module that
+# imports these gets its own save path and its own running server.
+@pytest.fixture(scope="module", name="save_path")
+def viewer_save_path_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return viewer_save_path(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", name="server")
+def viewer_server_fixture(save_path: Path) -> Iterator[ViewerServer]:
+    with running_server(save_path) as running:
+        yield running
