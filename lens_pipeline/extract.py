@@ -171,6 +171,11 @@ class MemoryLimit:
     def fits(self, batch: Sequence[Tokenized]) -> bool:
         return self.max_cost is None or self.cost(batch) <= self.max_cost
 
+    def failed(self, batch: Sequence[Tokenized]) -> None:
+        """`batch` ran out of memory: from now on, only half its size is tried."""
+        half = self.cost(batch) // 2
+        self.max_cost = half if self.max_cost is None else min(self.max_cost, half)
+
 
 def run_batch_with_oom_split(
     model: LoadedModel,
@@ -194,7 +199,7 @@ def run_batch_with_oom_split(
     # Out of the except block: the traceback, and the activations its frames hold, are freed.
     if str(model.device).startswith("cuda"):
         torch.cuda.empty_cache()
-    memory.max_cost = min(memory.max_cost or memory.cost(batch), memory.cost(batch) // 2)
+    memory.failed(batch)
     if log:
         longest = max(len(t.ids) for t in batch)
         log(f"out of memory on a batch of {len(batch)} (up to {longest} tokens): retrying as "

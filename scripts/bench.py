@@ -44,10 +44,12 @@ from lens_pipeline.cache import (
     DEFAULT_PATTERN_ENCODING,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,
+    ZSTD_LEVEL,
     ExtractSettings,
     decode_pattern,
     encode_pattern,
     prompt_hash,
+    write_npy_zst,
 )
 from lens_pipeline.models import forget_loaded, resolve
 from lens_pipeline.prompts import read_prompts
@@ -121,10 +123,11 @@ def npz_float32_bytes(n_layers: int, n_heads: int, n_tokens: int) -> int:
 @torch.no_grad()
 def encoding_errors(model: Any, batches: list[list[extract.Tokenized]]) -> dict[str, dict[str, float]]:
     """Per encoding, on the real float32 patterns of these prompts: max and mean |stored - true|
-    per weight (lower triangle for causal models), max |row sum - 1|, zstd bytes per prompt."""
+    per weight (lower triangle for causal models), max |row sum - 1|, and the bytes per prompt of
+    the stored patterns, compressed as a cache stores them."""
     n_layers = model.bridge.cfg.n_layers
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    compressor = zstandard.ZstdCompressor(level=3)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     stats = {e: {"max_abs": 0.0, "sum_abs": 0.0, "count": 0, "max_row_sum": 0.0, "bytes": 0} for e in PATTERN_ENCODINGS}
     seen = 0
     for batch in batches:
@@ -144,8 +147,8 @@ def encoding_errors(model: Any, batches: list[list[extract.Tokenized]]) -> dict[
                     s["count"] += error.size
                     s["max_row_sum"] = max(s["max_row_sum"], float(np.abs(decoded.sum(-1) - 1).max()))
                     buffer = io.BytesIO()
-                    np.save(buffer, stored)
-                    s["bytes"] += len(compressor.compress(buffer.getvalue()))
+                    write_npy_zst(stored, compressor, buffer)
+                    s["bytes"] += buffer.tell()
         seen += len(batch)
     return {
         e: {"max_abs": s["max_abs"], "mean_abs": s["sum_abs"] / max(1, s["count"]), "bound": PATTERN_MAX_ERROR[e],

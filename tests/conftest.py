@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+sys.path.insert(0, str(REPO / "scripts"))  # tests reuse the scripts' helpers (e.g. screenshots.hover_cell)
 
 # Tests must never wait on the (unreachable) hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -101,18 +101,11 @@ def show_token(token: str) -> str:
 
 
 def hover_cell(driver: Any, q: int, k: int) -> Any:
-    """Move the mouse onto heatmap cell (query q, key k); returns the tooltip element."""
-    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    """Move the mouse onto heatmap cell (query q, key k) with the screenshot script's helper (one
+    place for the canvas geometry); returns the tooltip element."""
+    from screenshots import hover_cell as move_onto_cell  # scripts/ is on sys.path (conftest)
 
-    canvas = css(driver, "canvas.heatmap")[0]
-    driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'})", canvas)
-    x, y = driver.execute_script(
-        "const c = arguments[0], r = c.getBoundingClientRect(), d = c.dataset;"
-        "return [r.left + +d.originX + (arguments[2] + 0.5) * +d.cell, r.top + +d.originY + (arguments[1] + 0.5) * +d.cell];",
-        canvas, q, k)
-    actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(int(x), int(y))
-    actions.perform()
+    move_onto_cell(driver, css(driver, "canvas.heatmap")[0], q, k)
     return wait(driver, lambda d: [t for t in css(d, "#tooltip .tip") if t.get_attribute("data-q") == str(q)
                                    and t.get_attribute("data-k") == str(k)][0])
 
