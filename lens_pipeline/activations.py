@@ -194,10 +194,18 @@ def run_prompts(
     in_flight: list[Future[dict[str, Any]]] = []
 
     def drain(keep: int) -> None:
+        """Record the rows of written caches, oldest first, until `keep` writes are pending:
+        one index append for them all, also when a wait is interrupted."""
         nonlocal written
-        while len(in_flight) > keep:
-            record([in_flight.pop(0).result()])
-            written += 1
+        done = []
+        try:
+            while len(in_flight) > keep:
+                done.append(in_flight[0].result())
+                in_flight.pop(0)
+        finally:
+            if done:
+                record(done)
+                written += len(done)
 
     def compress(job: tuple[tuple[Prompt, str, Any], Any]) -> tuple[Path, bytes, dict[str, Any]]:
         (prompt, hash_, tokens), result = job

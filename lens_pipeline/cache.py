@@ -66,7 +66,12 @@ PATTERN_MAX_ERROR: dict[str, float] = {
     "float16": 2.0**-12,
     **{name: 0.5 / levels + 2.0**-23 for name, levels in FIXED_POINT_LEVELS.items()},
 }
-ZSTD_LEVEL = 1  # on SmolLM2 caches level 1 was faster (22 vs 31 ms/prompt) and no larger than 3
+# zstd's fastest strategy with a 64-entry match table: on SmolLM2 caches 23% faster than level 1
+# and 1.6% smaller (pattern bytes are mostly literals; their matches are recent zero runs, which a
+# table that stays in L1 still finds). Level 3 was slower still and no smaller.
+ZSTD_PARAMETERS = zstandard.ZstdCompressionParameters(
+    strategy=zstandard.STRATEGY_FAST, window_log=19, hash_log=6, chain_log=6, search_log=1, min_match=7, target_length=0
+)
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # same content, same bytes, same sha256
 
 
@@ -135,22 +140,17 @@ def decode_pattern(stored: np.ndarray, encoding: str, causal: bool, n_tokens: in
 
 
 def write_npy_zst(array: np.ndarray, compressor: zstandard.ZstdCompressor, target: Any) -> None:
-    """Write `np.save(array)` zstd-compressed to the file-like `target`, streamed run by run: a
-    slice of a batch ([H, 2, n] out of [B, H, 2, N]) is compressed where it lies, with no
-    contiguous copy, no .npy copy and no compressed copy in between."""
+    """Write `np.save(array)` zstd-compressed to the file-like `target`. The .npy bytes are laid
+    out once, in one buffer (a slice of a batch, [H, 2, n] out of [B, H, 2, N], is copied straight
+    into it), and compressed in one call: 10% faster on two threads than streaming the slice's runs."""
     header = io.BytesIO()
     described = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
     np.lib.format.write_array_header_1_0(header, described)  # the bytes always go in C order
-    if array.flags.c_contiguous:
-        runs: Any = [array]
-    elif array.ndim > 1 and array.strides[-1] == array.itemsize:  # contiguous last axis
-        runs = (array[i] for i in np.ndindex(array.shape[:-1]))
-    else:
-        runs = [np.ascontiguousarray(array)]
-    with compressor.stream_writer(target, size=header.tell() + array.nbytes, closefd=False) as writer:
-        writer.write(header.getbuffer())
-        for run in runs:
-            writer.write(memoryview(run.reshape(-1)).cast("B"))
+    npy = bytearray(header.tell() + array.nbytes)
+    npy[: header.tell()] = header.getbuffer()
+    if array.size:
+        np.copyto(np.frombuffer(npy, dtype=array.dtype, offset=header.tell()).reshape(array.shape), array)
+    target.write(compressor.compress(npy))
 
 
 @dataclass
@@ -161,9 +161,14 @@ class CacheContents:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def serialize(contents: CacheContents, level: int = ZSTD_LEVEL) -> bytes:
+def member_compressor() -> zstandard.ZstdCompressor:
+    """The compressor every cache member goes through (one per thread: they are not thread-safe)."""
+    return zstandard.ZstdCompressor(compression_params=ZSTD_PARAMETERS)
+
+
+def serialize(contents: CacheContents) -> bytes:
     """The cache file's bytes. A pure function: threads compress several caches at once (zstd frees the GIL)."""
-    compressor = zstandard.ZstdCompressor(level=level)
+    compressor = member_compressor()
     buffer = io.BytesIO()
     meta = dict(contents.meta, schema_version=SCHEMA_VERSION)
     meta["arrays"] = {

@@ -86,9 +86,12 @@ def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torc
         raise ValueError(f"unknown pattern encoding {encoding!r}; choose from {list(PATTERN_ENCODINGS)}")
     fresh = patterns.dtype != torch.float32  # .float() below copies: safe to work in place
     if causal:
-        n = patterns.shape[-1]
+        n, lead = patterns.shape[-1], patterns.shape[:-2]
         rows, cols = torch.tril_indices(n, n, device=patterns.device)
-        patterns, fresh = patterns.flatten(-2)[..., rows * n + cols], True  # 1.6x index_select on CPU
+        # gather with a broadcast index: 2x advanced indexing and 3x index_select on CPU
+        square = patterns.reshape(-1, n * n)
+        triangle = torch.gather(square, 1, (rows * n + cols).expand(square.shape[0], -1))
+        patterns, fresh = triangle.view(*lead, -1), True
     values = patterns.float()
     if encoding not in FIXED_POINT_LEVELS:
         return values.to(torch.float16 if encoding == "float16" else torch.float32)
@@ -96,13 +99,17 @@ def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torc
     scaled = values.mul_(FIXED_POINT_LEVELS[encoding]) if fresh else values * FIXED_POINT_LEVELS[encoding]
     if encoding not in BYTE_PLANE_ENCODINGS:
         return scaled.add_(0.5).to(torch.uint8)
-    # [..., H, *tail] uint16 -> [..., H, 2, *tail] uint8: low bytes, then high bytes (a little-endian view).
-    tail = 1 if causal else 2
-    pairs = scaled.add_(0.5).to(torch.uint16).view(torch.uint8).unflatten(-1, (-1, 2))
-    return pairs.movedim(-1, -(tail + 1)).contiguous()
+    # [..., H, *tail] -> [..., H, 2, *tail] uint8: low bytes, then high bytes. Integer narrowing
+    # keeps the low byte; copying each plane is 1.4x faster than transposing a uint8 view.
+    values = scaled.add_(0.5).to(torch.int16 if FIXED_POINT_LEVELS[encoding] < 2**15 else torch.int32)
+    plane_axis = values.dim() - (1 if causal else 2)
+    planes = values.new_empty(values.shape[:plane_axis] + (2,) + values.shape[plane_axis:], dtype=torch.uint8)
+    planes.select(plane_axis, 0).copy_(values)
+    planes.select(plane_axis, 1).copy_(values >> 8)
+    return planes
 
 
-def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, ids) [..., k] of softmax(logits), overwriting `logits` with exp(logits - max).
 
     On the CPU this runs `rows` positions at a time so each pass stays in cache, and finds the
