@@ -89,9 +89,9 @@ def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torc
         n, lead = patterns.shape[-1], patterns.shape[:-2]
         rows, cols = torch.tril_indices(n, n, device=patterns.device)
         # gather with a broadcast index: 2x advanced indexing and 3x index_select on CPU
-        square = patterns.reshape(-1, n * n)
+        square = patterns.reshape(lead.numel(), n * n)  # sizes, not -1: empty batches reshape too
         triangle = torch.gather(square, 1, (rows * n + cols).expand(square.shape[0], -1))
-        patterns, fresh = triangle.view(*lead, -1), True
+        patterns, fresh = triangle.view(*lead, rows.numel()), True
     values = patterns.float()
     if encoding not in FIXED_POINT_LEVELS:
         return values.to(torch.float16 if encoding == "float16" else torch.float32)

@@ -85,6 +85,17 @@ def test_device_encoding_is_bit_identical_to_the_reference(encoding: str, causal
     assert got.tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (1, 1, 5, 5), (0, 3, 4, 4), (2, 3, 0, 0)])
+def test_device_encoding_keeps_batch_and_head_axes_of_any_size(shape: tuple[int, ...]) -> None:
+    patterns = torch.rand(shape)
+    got = extract.encode_patterns(patterns, "q12", causal=True)
+    n = shape[-1]
+    assert got.shape == (*shape[:-2], 2, n * (n + 1) // 2)
+    if patterns.numel():
+        expected = np.stack([encode_pattern(p.numpy(), "q12", True) for p in patterns])
+        assert got.numpy().tobytes() == expected.tobytes()
+
+
 def test_device_encoding_rejects_unknown_encodings() -> None:
     with pytest.raises(ValueError, match="unknown pattern encoding 'uint7'"):
         extract.encode_patterns(torch.zeros(1, 2, 2), "uint7", True)
