@@ -2,8 +2,10 @@
 
     python -m lens_pipeline.activations --prompts data/prompts.jsonl --save-path attn_data
 
-Resumable: prompts whose cache the index records as complete (same settings, file present with
-the recorded size) are skipped, and the model is not even loaded when nothing is left to do.
+Resumable: prompts with a complete cache (file present with the recorded sha256) made with
+settings that cover this run's are skipped, and the model is not loaded when nothing is left.
+A cache's identity is (model, prompt, settings): a run with other settings writes its caches
+beside the earlier ones and never removes them, unless asked to with --prune.
 Caches are compressed between forward passes on all the forward's threads, then written
 atomically on a background thread while the next batch runs.
 """
@@ -11,14 +13,17 @@ atomically on a background thread while the next batch runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import os
 import signal
 import sys
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -34,12 +39,49 @@ from lens_pipeline.cache import (
     write_atomic,
 )
 from lens_pipeline.distributed import DistributedError
-from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, resolve, slug
+from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, slug
 from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts
-from lens_pipeline.random_models import resolve as resolve_random
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 DEFAULT_SAVE_PATH = "attn_data"
+Todo = list[tuple[Prompt, str]]  # (prompt, prompt hash) pairs still to cache
+Record = Callable[[list[dict[str, Any]]], Any]
+
+
+class SavePathError(OSError):
+    """The save path cannot be written (read-only, full, or not a folder); one line says which."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@dataclass(frozen=True)
+class ActivationsSettings:
+    """How the stage runs, as one object: built by keyword from the CLI or from Python, passed
+    whole to every path (local, Ray). What changes a cache's contents lives in `extract`."""
+
+    extract: ExtractSettings = ExtractSettings()
+    batch_size: int = 8
+    device: str = "auto"
+    random_weights: bool = False
+    ray: str | None = None
+    force: bool = False
+    prune: bool = False
+    strict: bool = False
+    progress: bool = True
+
+    @classmethod
+    def build(cls, **options: Any) -> "ActivationsSettings":
+        """From flat keywords (batch_size=4, logit_lens=True, ...): each goes where it belongs."""
+        extract_fields = {f.name for f in dataclasses.fields(ExtractSettings)}
+        stage_fields = {f.name for f in dataclasses.fields(cls)} - {"extract"}
+        unknown = set(options) - extract_fields - stage_fields
+        if unknown:
+            raise TypeError(f"unknown activations option(s) {sorted(unknown)}; known: {sorted(extract_fields | stage_fields)}")
+        extract = {k: v for k, v in options.items() if k in extract_fields}
+        if "hooks" in extract:
+            extract["hooks"] = tuple(extract["hooks"])
+        return cls(extract=ExtractSettings(**extract), **{k: v for k, v in options.items() if k in stage_fields})
 
 
 @dataclass
@@ -48,115 +90,213 @@ class StageSummary:
     skipped: int = 0
     failed: int = 0
     bad_lines: int = 0
+    pruned: list[str] = field(default_factory=list)
     models_loaded: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def cache_relpath(source: ModelSource, hash_: str) -> str:
-    return f"caches/{slug(source.name)}/{hash_}.zip"
+def cache_relpath(source: ModelSource, hash_: str, settings: ExtractSettings) -> str:
+    return f"caches/{slug(source.name)}/{hash_}-{settings.settings_id}.zip"
 
 
-def _pending(
-    source: ModelSource, prompts: Sequence[Prompt], save_path: Path, settings: dict[str, Any], force: bool
-) -> tuple[list[tuple[Prompt, str]], int]:
-    """(prompt, hash) pairs that still need a cache, and how many are already cached, without
-    loading anything heavy."""
-    done = index.latest(r for r in index.read_rows(save_path) if r["kind"] == "cache")
-    todo, seen, cached = [], set(), 0
+def check_writable(save_path: Path) -> None:
+    """Fail in one line, before any model loads, when nothing can be written under `save_path`."""
+    probe = save_path / "caches" / f".write-check.{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as error:
+        raise SavePathError(error.errno, f"cannot write to {save_path}: {error.strerror or error}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+@dataclass
+class Pending:
+    """What a model still needs: prompts to run, rows that re-select an existing cache as current,
+    and caches found corrupt."""
+
+    todo: Todo = field(default_factory=list)
+    cached: int = 0
+    reselect: list[dict[str, Any]] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+
+def find_pending(
+    source: ModelSource, prompts: Sequence[Prompt], save_path: Path, settings: ActivationsSettings,
+    newest: dict[index.Key, dict[str, Any]],
+) -> Pending:
+    """Which prompts need a cache, loading nothing heavy. A prompt is done when one of its
+    complete caches (sha256 checked) covers the requested settings; that one becomes current."""
+    caches: dict[str, list[dict[str, Any]]] = {}
+    for row in newest.values():
+        if row["kind"] == "cache" and row.get("model") == source.name and row.get("status") == "ok":
+            caches.setdefault(row["prompt_hash"], []).append(row)
+    pending, seen = Pending(), set()
     for prompt in prompts:
         hash_ = prompt_hash(source.model_id, prompt.text)
         if hash_ in seen:  # the same text twice in one file is one cache
             continue
         seen.add(hash_)
-        row = done.get(("cache", source.name, hash_, "", None, None))
-        if not force and index.is_complete(row, save_path) and row.get("params") == settings:
-            cached += 1
+        rows = caches.get(hash_, [])
+        covering = [row for row in rows if settings.extract.covers(row.get("params") or {})]
+        usable = None
+        for row in reversed(covering):  # the newest first
+            if index.is_complete(row, save_path, verify=True):
+                usable = row
+                break
+            if (save_path / row["path"]).exists():
+                pending.corrupt.append(row["path"])
+        if usable is None or settings.force:
+            pending.todo.append((prompt, hash_))
             continue
-        todo.append((prompt, hash_))
-    return todo, cached
+        pending.cached += 1
+        if usable is not rows[-1]:  # another settings' cache is current: this run's request wins
+            pending.reselect.append(dict(usable, selected=index.now_iso()))
+    return pending
 
 
 def run_activations(
     models: Sequence[str] | str | None = None,
     prompts: str | Path = DEFAULT_PROMPTS,
     save_path: str | Path = DEFAULT_SAVE_PATH,
+    settings: ActivationsSettings | None = None,
     *,
-    batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "auto",
-    pattern_encoding: str = DEFAULT_PATTERN_ENCODING,
-    top_k: int = 10,
-    n_neurons: int = 32,
-    hooks: Sequence[str] = (),
-    logit_lens: bool = False,
-    max_tokens: int = 1024,
-    random_weights: bool = False,
-    ray: str | None = None,
-    force: bool = False,
-    strict: bool = False,
-    progress: bool = True,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> StageSummary:
-    """Run the stage from Python; returns counts. Raises ModelLoadError / PromptFileError."""
-    log = log or (lambda message: print(message, file=sys.stderr))
+    """Run the stage from Python; returns counts. `settings`, or its fields as keywords (batch_size=4,
+    logit_lens=True, ...; see ActivationsSettings and ExtractSettings). Raises ModelLoadError,
+    PromptFileError, SavePathError."""
+    from lens_pipeline import models as model_sources
+
+    settings = settings or ActivationsSettings.build(**options)
+    log = log or _to_stderr
     started = time.perf_counter()
     save_path = Path(save_path)
     if isinstance(models, str) or models is None:
         models = [m.strip() for m in (models or DEFAULT_MODEL).split(",") if m.strip()]
-    settings = ExtractSettings(pattern_encoding, top_k, n_neurons, tuple(hooks), logit_lens, max_tokens)
     good, bad = read_prompts(prompts)
     summary = StageSummary(bad_lines=len(bad))
     for problem in bad:
         log(f"warning: skipped {problem}")
-    if bad and strict:
+    if bad and settings.strict:
         raise PromptFileError(f"{len(bad)} bad prompt line(s), first: {bad[0]} (--strict stops here)")
+    sources = [model_sources.resolve_source(name, settings.random_weights) for name in models]
+    check_writable(save_path)
 
-    for name in models:
-        source = resolve_random(name) if random_weights else resolve(name)
-        todo, cached = _pending(source, good, save_path, settings.as_dict(), force)
-        summary.skipped += cached
-        if not todo:
-            log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
-            continue
-        if ray:
-            written, failed = _run_model_on_ray(source, todo, save_path, settings, batch_size, device, dtype, progress, log, ray)
+    newest = index.latest(index.read_rows(save_path))
+    for source in sources:
+        pending = find_pending(source, good, save_path, settings, newest)
+        for path in pending.corrupt:
+            log(f"warning: {save_path / path} does not match its recorded sha256 (corrupt or changed); recomputing")
+        index.append_rows(save_path, pending.reselect)
+        summary.skipped += pending.cached
+        if pending.todo:
+            model_sources.check_available(source)  # before anything heavy: an unreachable hub fails fast
+            written, failed = _run_model(source, pending.todo, save_path, settings, log)
+            summary.models_loaded.append(source.name)
+            summary.written += written
+            summary.failed += failed
         else:
-            log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
-            model = load_model(source, device, dtype)
-            written, failed = run_prompts(model, todo, save_path, settings, batch_size, progress, log)
-        summary.models_loaded.append(source.name)
-        summary.written += written
-        summary.failed += failed
+            log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
+        if settings.prune:
+            summary.pruned += prune_caches(source, save_path, log)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def load_model(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Any:
-    """The stage's model: random-weight sources are built, the others loaded (or reused)."""
-    from lens_pipeline import models, random_models
+def _run_model(source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None]) -> tuple[int, int]:
+    from lens_pipeline import models as model_sources
 
-    if source.kind == "random":
-        return random_models.load(source, device=device, dtype=dtype)
-    return models.load_reusing(source, device=device, dtype=dtype)
+    if settings.ray:
+        return _run_model_on_ray(source, todo, save_path, settings, log)
+    log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
+    model = model_sources.load_model(source, settings.device, settings.extract.dtype)
+    return run_prompts(model, todo, save_path, settings.extract, batch_size=settings.batch_size,
+                       progress=settings.progress, log=log)
+
+
+def prune_caches(source: ModelSource, save_path: Path, log: Callable[[str], None]) -> list[str]:
+    """Remove the caches of `source` that are not current (made with other settings), recording
+    each removal in the index; returns their paths. Only --prune calls this."""
+    newest = index.latest(index.read_rows(save_path)).values()
+    current = {id(row) for row in index.current_caches(newest).values()}
+    removed, rows, freed = [], [], 0
+    for row in newest:
+        if row["kind"] != "cache" or row.get("model") != source.name or id(row) in current or row.get("status") == "removed":
+            continue
+        target = save_path / row["path"]
+        if target.exists():
+            freed += target.stat().st_size
+            target.unlink()
+        removed.append(row["path"])
+        rows.append(dict(row, status="removed", reason="pruned: not the current cache of its prompt"))
+    index.append_rows(save_path, rows)
+    if removed:
+        log(f"pruned {len(removed)} cache(s) of {source.name} made with other settings ({freed / 1e6:.1f} MB): "
+            + ", ".join(removed[:3]) + (" ..." if len(removed) > 3 else ""))
+    return removed
+
+
+class CacheWriter:
+    """Compresses a batch's caches on a thread pool (between forward passes), writes them atomically
+    on a background thread while the next batch runs, and records their index rows as they land.
+    On Ctrl-C or a failed write, what was written is recorded before the error goes on."""
+
+    def __init__(self, save_path: Path, record: Record, threads: int, batch_size: int):
+        self.save_path, self.record = save_path, record
+        self.compress_pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        self.disk = ThreadPoolExecutor(max_workers=1)
+        self.in_flight: list[Future[dict[str, Any]]] = []
+        self.keep = 2 * batch_size  # bound memory: at most ~two batches wait for the disk
+        self.written = 0
+
+    def submit(self, jobs: Iterable[tuple[Callable[..., Any], Any]]) -> None:
+        """Each job is (compress, args): compress(args) -> (path, bytes, row)."""
+        jobs = list(jobs)
+        for path, data, row in self.compress_pool.map(lambda job: job[0](job[1]), jobs):
+            self.in_flight.append(self.disk.submit(_write_file, path, data, row))
+        self.drain(self.keep)
+
+    def drain(self, keep: int = 0) -> None:
+        """Record the rows of written caches, oldest first, until `keep` writes are pending: one
+        index append for them all, also when a wait is interrupted or a write fails."""
+        done = []
+        try:
+            while len(self.in_flight) > keep:
+                done.append(self.in_flight[0].result())
+                self.in_flight.pop(0)
+        finally:
+            if done:
+                self.record(done)
+                self.written += len(done)
+
+    def close(self) -> None:
+        for future in self.in_flight:  # after a failure: let queued writes end before the pools go
+            future.cancel()
+        self.compress_pool.shutdown(wait=True)
+        self.disk.shutdown(wait=True)
 
 
 def run_prompts(
     model: Any,
-    todo: list[tuple[Prompt, str]],
+    todo: Todo,
     save_path: str | Path,
     settings: ExtractSettings,
-    batch_size: int,
-    progress: bool,
-    log: Any,
-    record: Callable[[list[dict[str, Any]]], None] | None = None,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    record: Record | None = None,
 ) -> tuple[int, int]:
     """Run (prompt, hash) pairs through a loaded model: write their caches and pass their index
     rows to `record` (default: append them to the index). Returns (written, failed)."""
     import torch
 
-    from lens_pipeline import extract, models
+    from lens_pipeline import extract
 
-    source, save_path = model.source, Path(save_path)
+    source, save_path, log = model.source, Path(save_path), log or _to_stderr
     record = record or (lambda rows: index.append_rows(save_path, rows))
     unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
     if unknown:
@@ -166,46 +306,7 @@ def run_prompts(
     memory = extract.MemoryLimit()  # shrinks after an out-of-memory, for the rest of the run
     items = [(prompt, hash_, extract.tokenize(model, prompt.text, limit)) for prompt, hash_ in todo]
     items.sort(key=lambda item: len(item[2].ids))  # similar lengths together: less padding
-    base_meta = {
-        "model": source.name,
-        "model_id": source.model_id,
-        "random_weights": source.kind == "random",
-        "family": model.family,
-        "causal": model.causal,
-        "n_layers": model.bridge.cfg.n_layers,
-        "n_heads": model.bridge.cfg.n_heads,
-        "d_model": model.bridge.cfg.d_model,
-        "n_params": sum(p.numel() for p in model.bridge.original_model.parameters()),
-        "device": model.device,
-        "dtype": model.dtype,
-        "pattern_encoding": settings.pattern_encoding,
-        "pattern_max_error": PATTERN_MAX_ERROR[settings.pattern_encoding],
-        "settings": settings.as_dict(),
-    }
-    if model.family in models.ENCODER_TYPES:
-        base_meta["note"] = "encoder without a trained LM head here: top-k predictions are not meaningful"
-
-    written = failed = 0
-    # Compression runs between forward passes on as many threads as the forward uses (zstd frees
-    # the GIL): overlapping it with the forward instead made torch's threads wait on each other
-    # and cost more than it hid. Only the disk writes overlap the next batch.
-    compress_pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
-    writer = ThreadPoolExecutor(max_workers=1)
-    in_flight: list[Future[dict[str, Any]]] = []
-
-    def drain(keep: int) -> None:
-        """Record the rows of written caches, oldest first, until `keep` writes are pending:
-        one index append for them all, also when a wait is interrupted."""
-        nonlocal written
-        done = []
-        try:
-            while len(in_flight) > keep:
-                done.append(in_flight[0].result())
-                in_flight.pop(0)
-        finally:
-            if done:
-                record(done)
-                written += len(done)
+    base_meta = _model_meta(model, settings)
 
     def compress(job: tuple[tuple[Prompt, str, Any], Any]) -> tuple[Path, bytes, dict[str, Any]]:
         (prompt, hash_, tokens), result = job
@@ -215,8 +316,12 @@ def run_prompts(
         if tokens.truncated_from:
             warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
             meta["truncated_from"] = tokens.truncated_from
-        return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings)
+        return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings, settings)
 
+    failed = 0
+    # Compression runs between forward passes on as many threads as the forward uses (zstd frees
+    # the GIL): overlapping it with the forward made torch's threads wait on each other.
+    writer = CacheWriter(save_path, record, torch.get_num_threads(), batch_size)
     bar = tqdm(total=len(items), desc=source.name, unit="prompt", disable=not progress)
     try:
         for start in range(0, len(items), batch_size):
@@ -225,54 +330,74 @@ def run_prompts(
                 results = extract.run_batch_with_oom_split(model, [t for _, _, t in batch], settings, token_strings, log, memory)
             except Exception as error:  # a batch that breaks is recorded per prompt and retried next run
                 failed += len(batch)
-                record([_error_row(source, h, p, error) for p, h, _ in batch])
+                record([_error_row(source, h, p, error, settings) for p, h, _ in batch])
                 log(f"error: {source.name} batch of {len(batch)} failed: {error}")
                 bar.update(len(batch))
                 continue
-            for path, data, row in compress_pool.map(compress, zip(batch, results)):
-                in_flight.append(writer.submit(_write_file, path, data, row))
-            drain(keep=2 * batch_size)  # bound memory: at most ~two batches wait for the disk
+            writer.submit((compress, job) for job in zip(batch, results))
             bar.update(len(batch))
-        drain(keep=0)
+        writer.drain(0)
     except KeyboardInterrupt:
-        # Keep what is finished: wait for queued writes, record them, then stop.
-        drain(keep=0)
+        writer.drain(0)  # keep what is finished: wait for queued writes, record them, then stop
         bar.close()
-        log(f"interrupted: {written} cache(s) of {source.name} saved; rerun the same command to resume")
+        log(f"interrupted: {writer.written} cache(s) of {source.name} saved; rerun the same command to resume")
         raise
-    finally:
-        compress_pool.shutdown(wait=True)
-        writer.shutdown(wait=True)
+    except OSError as error:  # disk full or gone: what was written is recorded; the rest reruns
         bar.close()
-    return written, failed
+        raise SavePathError(error.errno, f"cannot write caches to {save_path}: {error.strerror or error} "
+                            f"({writer.written} cache(s) of {source.name} saved; free space and rerun to resume)") from None
+    finally:
+        writer.close()
+        bar.close()
+    return writer.written, failed
+
+
+def _model_meta(model: Any, settings: ExtractSettings) -> dict[str, Any]:
+    """What every cache of this model and these settings says about where it came from."""
+    from lens_pipeline import models
+
+    meta = {
+        "model": model.source.name,
+        "model_id": model.source.model_id,
+        "random_weights": model.source.random_weights,
+        "family": model.family,
+        "causal": model.causal,
+        "lm_head": model.causal,  # encoders here have no trained LM head (their checkpoints lack it)
+        "n_layers": model.bridge.cfg.n_layers,
+        "n_heads": model.bridge.cfg.n_heads,
+        "d_model": model.bridge.cfg.d_model,
+        "n_params": sum(p.numel() for p in model.bridge.original_model.parameters()),
+        "device": model.device,
+        "dtype": model.dtype,
+        "pattern_encoding": settings.pattern_encoding,
+        "pattern_max_error": PATTERN_MAX_ERROR[settings.pattern_encoding],
+        "settings": settings.as_dict(),
+        "settings_id": settings.settings_id,
+    }
+    if model.family in models.ENCODER_TYPES:
+        meta["note"] = "encoder without a trained LM head here: top-k predictions are not meaningful"
+    return meta
 
 
 def _run_model_on_ray(
-    source: ModelSource,
-    todo: list[tuple[Prompt, str]],
-    save_path: Path,
-    settings: ExtractSettings,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    progress: bool,
-    log: Any,
-    address: str,
+    source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
 ) -> tuple[int, int]:
     """`run_prompts` on Ray workers (one per GPU, else per CPU slot), each loading the model once.
     Workers write cache files; only this process appends index rows, each shard's exactly once
     even when a killed worker's shard is retried."""
     from lens_pipeline import distributed
+    from lens_pipeline import models as model_sources
 
     # Shards of similar lengths (characters ~ tokens), so each worker's batches pad little.
-    shards = distributed.chunks(sorted(todo, key=lambda item: len(item[0].text)), 4 * batch_size)
+    shards = distributed.chunks(sorted(todo, key=lambda item: len(item[0].text)), 4 * settings.batch_size)
     # Ray gives each GPU worker one device, which it sees as "cuda".
-    setup = functools.partial(load_model, source, "cuda" if device.startswith("cuda") else device, dtype)
-    work = functools.partial(_run_shard, save_path=save_path, settings=settings, batch_size=batch_size)
+    device = "cuda" if settings.device.startswith("cuda") else settings.device
+    setup = functools.partial(model_sources.load_model, source, device, settings.extract.dtype)
+    work = functools.partial(_run_shard, save_path=save_path, settings=settings)
     log(f"{source.name}: {len(todo)} prompt(s) to run in {len(shards)} shard(s) on Ray ...")
     written = failed = 0
-    with tqdm(total=len(todo), desc=source.name, unit="prompt", disable=not progress) as bar:
-        for rows in distributed.run_shards(setup, work, shards, address=address, use_gpus=device != "cpu"):
+    with tqdm(total=len(todo), desc=source.name, unit="prompt", disable=not settings.progress) as bar:
+        for rows in distributed.run_shards(setup, work, shards, address=settings.ray, use_gpus=settings.device != "cpu"):
             index.append_rows(save_path, rows)
             ok = sum(row["status"] == "ok" for row in rows)
             written, failed = written + ok, failed + len(rows) - ok
@@ -280,12 +405,10 @@ def _run_model_on_ray(
     return written, failed
 
 
-def _run_shard(
-    model: Any, shard: list[tuple[Prompt, str]], *, save_path: Path, settings: ExtractSettings, batch_size: int
-) -> list[dict[str, Any]]:
+def _run_shard(model: Any, shard: Todo, *, save_path: Path, settings: ActivationsSettings) -> list[dict[str, Any]]:
     """In a Ray worker: one shard's caches written, its index rows returned to the driver."""
     rows: list[dict[str, Any]] = []
-    run_prompts(model, list(shard), save_path, settings, batch_size, False, _to_stderr, record=rows.extend)
+    run_prompts(model, list(shard), save_path, settings.extract, batch_size=settings.batch_size, record=rows.extend)
     return rows
 
 
@@ -295,16 +418,17 @@ def _to_stderr(message: str) -> None:
 
 def _serialize_cache(
     save_path: Path, source: ModelSource, hash_: str, prompt: Prompt, meta: dict[str, Any],
-    arrays: dict[str, Any], warnings: list[str],
+    arrays: dict[str, Any], warnings: list[str], settings: ExtractSettings,
 ) -> tuple[Path, bytes, dict[str, Any]]:
     """(where it goes, the cache file's bytes, its index row): the CPU part of saving a cache."""
     data = serialize(CacheContents(meta, arrays))
-    relpath = cache_relpath(source, hash_)
+    relpath = cache_relpath(source, hash_, settings)
     row = index.make_row(
         "cache",
         model=source.name,
         model_id=source.model_id,
         prompt_hash=hash_,
+        settings_id=settings.settings_id,
         text=prompt.text[:200],
         n_tokens=meta["n_tokens"],
         path=relpath,
@@ -324,10 +448,11 @@ def _write_file(path: Path, data: bytes, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _error_row(source: ModelSource, hash_: str, prompt: Prompt, error: Exception) -> dict[str, Any]:
+def _error_row(source: ModelSource, hash_: str, prompt: Prompt, error: Exception, settings: ExtractSettings) -> dict[str, Any]:
     return index.make_row(
-        "cache", model=source.name, model_id=source.model_id, prompt_hash=hash_, text=prompt.text[:200],
-        path=cache_relpath(source, hash_), status="error", error=f"{type(error).__name__}: {error}",
+        "cache", model=source.name, model_id=source.model_id, prompt_hash=hash_, settings_id=settings.settings_id,
+        text=prompt.text[:200], path=cache_relpath(source, hash_, settings), status="error",
+        error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
     )
 
 
@@ -371,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split the prompts into shards run by Ray workers (one per GPU, else per CPU), each "
                         "loading the model once; auto = the running cluster, else a new local one (pip install ray)")
     parser.add_argument("--force", action="store_true", help="recompute caches even if the index has them")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove this model's caches made with other settings (each run with new settings "
+                        "otherwise writes its caches beside the old ones); prints what it removed")
     parser.add_argument("--strict", action="store_true", help="stop on the first bad prompt line instead of skipping it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -387,6 +515,19 @@ def stop_gracefully_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
+    """The parsed command line as the stage's one settings object."""
+    return ActivationsSettings(
+        extract=ExtractSettings(
+            pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
+            hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()), logit_lens=args.logit_lens,
+            max_tokens=args.max_tokens, dtype=args.dtype,
+        ),
+        batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
+        force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop_gracefully_on_signals()
@@ -394,23 +535,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
     try:
-        summary = run_activations(
-            args.model, args.prompts, args.save_path,
-            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-            pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
-            hooks=[h.strip() for h in args.hooks.split(",") if h.strip()], logit_lens=args.logit_lens,
-            max_tokens=args.max_tokens, random_weights=args.random_weights, ray=args.ray,
-            force=args.force, strict=args.strict, progress=not args.quiet,
-        )
-    except (ModelLoadError, PromptFileError, DistributedError) as error:
+        summary = run_activations(args.model, args.prompts, args.save_path, settings_from_args(args))
+    except (ModelLoadError, PromptFileError, DistributedError, SavePathError, index.IndexWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, OSError) else 2
     except KeyboardInterrupt:
         return 130
     print(
         f"done: {summary.written} cache(s) written, {summary.skipped} already cached, {summary.failed} failed, "
-        f"{summary.bad_lines} bad prompt line(s) skipped; {summary.seconds:.1f} s; index: "
-        f"{index.index_path(args.save_path)}",
+        f"{summary.bad_lines} bad prompt line(s) skipped"
+        + (f", {len(summary.pruned)} pruned" if summary.pruned else "")
+        + f"; {summary.seconds:.1f} s; index: {index.index_path(args.save_path)}",
         file=sys.stderr,
     )
     return 1 if summary.failed else 0

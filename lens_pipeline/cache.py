@@ -31,6 +31,7 @@ than the interleaved uint16 (measured on SmolLM2).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -76,8 +77,65 @@ FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # same content, same bytes, same sha256
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """One kind of array a cache can hold: the single description the stage, the loader, figure
+    `needs=` and the README's cache table all follow."""
+
+    name: str  # member name; "patterns" and "hooks" stand for the families patterns/L{ll}, hooks/<name>
+    dtype: str
+    shape: str
+    setting: str  # the activations setting that makes it ("always" when every cache has it)
+    meaning: str
+
+
+CACHE_ARRAYS: tuple[ArraySpec, ...] = (
+    ArraySpec("tokens", "int32", "[T]", "always", "token ids (BOS included for causal models; padding dropped)"),
+    ArraySpec("token_strs", "str", "[T]", "always", "each token as the tokenizer decodes it"),
+    ArraySpec("patterns", "per encoding", "[H, T(T+1)/2] causal, [H, T, T] bidirectional",
+              "pattern_encoding", "attention of layer ll (member patterns/L{ll}), lower triangle row by row"),
+    ArraySpec("topk_ids", "int32", "[T, k]", "top_k", "the k most likely next tokens at each position"),
+    ArraySpec("topk_probs", "float16", "[T, k]", "top_k", "their probabilities"),
+    ArraySpec("topk_strs", "str", "[T, k]", "top_k", "their strings"),
+    ArraySpec("resid_norms", "float32", "[L+1, T]", "always",
+              "residual-stream L2 norm before layer 0 and after every layer"),
+    ArraySpec("neuron_ids", "int32", "[L, N]", "n_neurons",
+              "per layer, the N MLP neurons with the largest activation variance over the prompt"),
+    ArraySpec("neuron_acts", "float16", "[L, N, T]", "n_neurons", "their post-activation values"),
+    ArraySpec("logit_lens_ids", "int32", "[L, T]", "logit_lens",
+              "each layer's top-1 token through the final norm and unembedding"),
+    ArraySpec("logit_lens_probs", "float16", "[L, T]", "logit_lens", "its probability"),
+    ArraySpec("logit_lens_strs", "str", "[L, T]", "logit_lens", "its string"),
+    ArraySpec("hooks", "float16", "as the hook, padding removed", "hooks",
+              "any other TransformerLens hook (member hooks/<name>)"),
+)
+ARRAYS: dict[str, ArraySpec] = {spec.name: spec for spec in CACHE_ARRAYS}
+# What a cache can mean beyond the arrays it holds; figure `needs=` may name these too.
+CAPABILITIES: dict[str, str] = {
+    "lm_head": "a trained LM head (next-token predictions mean something); encoders like MiniLM have none",
+}
+
+
+def array_family(member: str) -> str:
+    """patterns/L03 -> patterns, hooks/blocks.0.hook_resid_mid -> hooks, topk_ids -> topk_ids."""
+    return member.split("/", 1)[0]
+
+
+def check_needs(needs: tuple[str, ...], where: str) -> None:
+    """Raise ValueError for a need that names no cache array and no capability."""
+    import difflib
+
+    known = [*ARRAYS, *CAPABILITIES]
+    for need in needs:
+        if need not in known:
+            close = difflib.get_close_matches(need, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+            raise ValueError(f"{where}: needs={need!r} names no cache array or capability{hint}")
+
+
+@dataclass(frozen=True)
 class ExtractSettings:
-    """What goes into a cache beyond the patterns; recorded in meta and the index."""
+    """Every setting that changes what a cache holds: recorded in its meta and index row, and
+    hashed into its identity (`settings_id`, part of its file name)."""
 
     pattern_encoding: str = DEFAULT_PATTERN_ENCODING
     top_k: int = 10
@@ -85,16 +143,26 @@ class ExtractSettings:
     hooks: tuple[str, ...] = ()
     logit_lens: bool = False
     max_tokens: int = 1024
+    dtype: str = "auto"  # as asked: "auto" is float32 on CPU, float16 on CUDA (meta records which)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "pattern_encoding": self.pattern_encoding,
-            "top_k": self.top_k,
-            "n_neurons": self.n_neurons,
-            "hooks": list(self.hooks),
-            "logit_lens": self.logit_lens,
-            "max_tokens": self.max_tokens,
-        }
+        return dataclasses.asdict(self) | {"hooks": list(self.hooks)}
+
+    @property
+    def settings_id(self) -> str:
+        """8 hex digits naming these settings: caches made with other settings live beside each other."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+    def covers(self, recorded: dict[str, Any]) -> bool:
+        """Whether a cache made with `recorded` settings holds everything these settings ask for:
+        the same values, except that extra hooks or an extra logit lens do no harm."""
+        try:
+            other = ExtractSettings(**{**recorded, "hooks": tuple(recorded.get("hooks", ()))})
+        except TypeError:  # settings of an older version, with fields this one does not know
+            return False
+        extras_ok = dataclasses.replace(other, hooks=self.hooks, logit_lens=self.logit_lens)
+        return (extras_ok == self and set(self.hooks) <= set(other.hooks)
+                and (other.logit_lens or not self.logit_lens))
 
 
 def prompt_hash(model_id: str, text: str) -> str:
@@ -199,6 +267,29 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphan_temp_files(folder: Path) -> int:
+    """Remove temp files that `write_atomic` calls killed with -9 left behind (their pid is gone)."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.rglob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class CacheError(Exception):
     """A cache file that is missing, truncated or not in this format."""
 
@@ -237,7 +328,24 @@ class Cache:
         return list(self.meta["arrays"])
 
     def has(self, name: str) -> bool:
-        return name in self.meta["arrays"]
+        """A stored member (`patterns/L03`), an array family (`patterns`) or a capability (`lm_head`)."""
+        if name in CAPABILITIES:
+            return self.missing((name,)) == []
+        return name in self.meta["arrays"] or any(array_family(m) == name for m in self.meta["arrays"])
+
+    def missing(self, needs: tuple[str, ...]) -> list[str]:
+        """Why this cache cannot serve each need it fails, e.g. ['needs logit_lens_ids (made with ...)']."""
+        reasons = []
+        for need in needs:
+            if need == "lm_head":
+                # Caches before this field: causal models here all have a trained head, encoders none.
+                if not self.meta.get("lm_head", self.meta.get("causal", True)):
+                    reasons.append(f"needs {CAPABILITIES['lm_head']}; {self.model} has none")
+            elif not (need in self.meta["arrays"] or any(array_family(m) == need for m in self.meta["arrays"])):
+                setting = ARRAYS[need].setting if need in ARRAYS else "?"
+                reasons.append(f"needs the cache array {need}, which the activations setting {setting} makes; "
+                               f"this cache was made without it")
+        return reasons
 
     def array(self, name: str) -> np.ndarray:
         """One stored array as saved (no decoding); decompresses only that member."""

@@ -21,6 +21,9 @@ are skipped; failed ones are recorded with their error and retried on the next r
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import errno
 import fnmatch
 import functools
 import io
@@ -28,18 +31,23 @@ import json
 import multiprocessing
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from lens_pipeline import index
-from lens_pipeline.cache import Cache, CacheError, write_atomic
+from lens_pipeline.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
 from lens_pipeline.distributed import DistributedError
 from lens_pipeline.models import slug
 from lens_pipeline.registry import REGISTRY, FigureSpec, SkipFigure
+
+
+class FigureParamError(ValueError):
+    """A figure name, option or option value that does not exist or does not fit; nothing was drawn."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,49 @@ class Task:
     head: int | None = None
 
 
+@dataclass(frozen=True)
+class FiguresSettings:
+    """What to draw and how, as one object: built by keyword from the CLI or from Python."""
+
+    figures: tuple[str, ...] = ()  # globs over registered names; () = the default set
+    models: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()  # prompt-hash prefixes
+    layers: frozenset[int] | None = None
+    heads: frozenset[int] | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # {figure: {option: value}}
+    workers: int = 1
+    ray: str | None = None
+    force: bool = False
+    raise_errors: bool = False  # stop at the first error and re-raise it (drawn in this process)
+    progress: bool = True
+    display: bool = False
+
+    @classmethod
+    def build(cls, **options: Any) -> "FiguresSettings":
+        """From keywords as a caller writes them: lists for tuples, '0-3,7' strings for layers/heads."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"unknown figures option(s) {sorted(unknown)}; known: {sorted(known)}")
+        for name in ("figures", "models", "prompts"):
+            if options.get(name) is not None:
+                options[name] = tuple(options[name])
+            else:
+                options.pop(name, None)
+        for name in ("layers", "heads"):
+            value = options.get(name)
+            options[name] = None if value is None or isinstance(value, str) and not value else (
+                frozenset(parse_range(value) or ()) if isinstance(value, str) else frozenset(value))
+        options["params"] = options.get("params") or {}
+        return cls(**options)
+
+
 @dataclass
 class FiguresSummary:
     written: int = 0
     skipped: int = 0
     failed: int = 0
+    stale: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -65,14 +111,54 @@ def load_builtins() -> None:
     import lens_pipeline.builtins  # noqa: F401  (importing registers them)
 
 
+def _close_names(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def select_figures(patterns: Sequence[str] | None) -> list[FigureSpec]:
     """Registered figures whose name matches any glob (the default set when none given)."""
     if not patterns:
         return [spec for spec in REGISTRY.values() if spec.default]
     chosen = [spec for name, spec in REGISTRY.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"no registered figure matches {list(patterns)}; see --list")
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in REGISTRY):
+            raise FigureParamError(f"--figures {pattern!r} matches no registered figure{_close_names(pattern, REGISTRY)} "
+                                   f"(python -m lens_pipeline.figures --list)")
     return chosen
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether `value` may stand where the option's default does (None defaults take anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def check_params(specs: Sequence[FigureSpec], params: dict[str, dict[str, Any]]) -> None:
+    """Every override names a figure of this run and one of its options, with a value of the
+    option's type; else FigureParamError naming it and the closest valid names."""
+    chosen = {spec.name: spec for spec in specs}
+    for figure, options in params.items():
+        if figure not in chosen:
+            where = "is not among the figures this run draws" if figure in REGISTRY else "is not a registered figure"
+            raise FigureParamError(f"--param {figure}.…: {figure!r} {where}{_close_names(figure, chosen or REGISTRY)}")
+        spec = chosen[figure]
+        for option, value in options.items():
+            if option not in spec.params:
+                options_list = ", ".join(spec.params) or "none"
+                raise FigureParamError(f"--param {figure}.{option}: {figure} has no option {option!r}"
+                                       f"{_close_names(option, spec.params)} (its options: {options_list})")
+            default = spec.params[option]
+            if not _fits(value, default):
+                raise FigureParamError(f"--param {figure}.{option}={json.dumps(value)}: expected a "
+                                       f"{type(default).__name__} like its default {json.dumps(default)}")
 
 
 def parse_range(spec: str | None) -> set[int] | None:
@@ -89,23 +175,47 @@ def parse_range(spec: str | None) -> set[int] | None:
             elif part:
                 values.add(int(part))
         except ValueError:
-            raise ValueError(f"bad range {spec!r}: use numbers and ranges like 0-3,7") from None
+            raise FigureParamError(f"bad range {spec!r}: use numbers and ranges like 0-3,7") from None
     return values
 
 
-def figure_paths(spec: FigureSpec, model: str, prompt_hash: str, task: Task, keys: Iterable[str]) -> dict[str, str]:
-    """Output key -> path relative to the save path. One folder per prompt; a multi-file
-    figure gets a sub-folder of its own."""
+def figure_folder(model: str, prompt_hash: str) -> str:
+    return f"figures/{slug(model)}/{prompt_hash or '_model'}"
+
+
+def figure_stem(spec: FigureSpec, task: Task) -> str:
     stem = spec.name
     if task.layer is not None:
         stem += f".L{task.layer:02d}"
     if task.head is not None:
         stem += f".H{task.head:02d}"
-    folder = f"figures/{slug(model)}/{prompt_hash or '_model'}"
-    keys = list(keys)
+    return stem
+
+
+def figure_paths(spec: FigureSpec, model: str, prompt_hash: str, task: Task, keys: Iterable[str]) -> dict[str, str]:
+    """Output key -> path relative to the save path. One folder per prompt; a multi-file
+    figure gets a sub-folder of its own."""
+    stem, folder, keys = figure_stem(spec, task), figure_folder(model, prompt_hash), list(keys)
     if len(keys) == 1 and "." not in keys[0]:
         return {keys[0]: f"{folder}/{stem}.{keys[0]}"}
     return {key: f"{folder}/{stem}/{key if '.' in key else f'{spec.name}.{key}'}" for key in keys}
+
+
+def remove_other_outputs(save_path: Path, spec: FigureSpec, model: str, prompt_hash: str, task: Task, keep: Iterable[str]) -> None:
+    """Remove what an earlier run of this figure wrote and this one did not (its single files in
+    any declared format, and anything else in its own sub-folder); `keep` are relative paths."""
+    keep = set(keep)
+    folder = save_path / figure_folder(model, prompt_hash)
+    stem = figure_stem(spec, task)
+    candidates = [folder / f"{stem}.{fmt}" for fmt in spec.formats]
+    own = folder / stem
+    if own.is_dir():
+        candidates += [p for p in own.iterdir() if p.is_file() and not p.name.startswith(".")]
+    for path in candidates:
+        if path.is_file() and path.relative_to(save_path).as_posix() not in keep:
+            path.unlink(missing_ok=True)
+    if own.is_dir() and not any(own.iterdir()):
+        own.rmdir()
 
 
 def render(obj: Any, fmt: str) -> bytes:
@@ -120,7 +230,9 @@ def render(obj: Any, fmt: str) -> bytes:
     if hasattr(obj, "savefig"):  # a matplotlib Figure
         import matplotlib.pyplot as plt
 
-        obj.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
+        # No creation dates or random ids in the file: the same figure gives the same bytes.
+        metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
+        obj.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight", metadata=metadata)
         plt.close(obj)
         return buffer.getvalue()
     if hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
@@ -147,19 +259,37 @@ def _call(spec: FigureSpec, target: Any, task: Task, params: dict[str, Any]) -> 
     return spec.func(target, **params)
 
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the save path, not the figure, is at fault
+
+
+@dataclass(frozen=True)
+class DrawInput:
+    """Where a figure's input came from: recorded in its row, part of its identity."""
+
+    model: str
+    prompt_hash: str  # "" for model-scope figures
+    cache_sha256: str | None  # the cache's sha256 (model scope: a fingerprint of all of them)
+    cache_path: str | None
+
+
 def draw(
-    spec: FigureSpec, target: Any, task: Task, params: dict[str, Any], save_path: Path,
-    model: str, prompt_hash: str, cache_sha: str | None,
+    spec: FigureSpec, target: Any, task: Task, params: dict[str, Any], save_path: Path, source: DrawInput,
+    raise_errors: bool = False,
 ) -> dict[str, Any]:
-    """Run one figure function, write its files, and return its index row (ok, skipped or error)."""
+    """Run one figure function, write its files, and return its index row (ok, skipped or error).
+    Its folder then holds exactly the files of this row."""
     row: dict[str, Any] = dict(
-        model=model, prompt_hash=prompt_hash, function=spec.name, scope=spec.scope,
-        layer=task.layer, head=task.head, params=params, cache_sha256=cache_sha,
+        model=source.model, prompt_hash=source.prompt_hash, function=spec.name, scope=spec.scope,
+        layer=task.layer, head=task.head, params=params, cache_sha256=source.cache_sha256,
+        cache_path=source.cache_path, code_sha256=spec.code_sha256, view=spec.view,
     )
     started = time.perf_counter()
     try:
+        missing = target.missing(spec.needs) if spec.needs and hasattr(target, "missing") else []
+        if missing:
+            raise SkipFigure("; ".join(missing))
         outputs = _outputs(spec, _call(spec, target, task, params))
-        paths = figure_paths(spec, model, prompt_hash, task, outputs)
+        paths = figure_paths(spec, source.model, source.prompt_hash, task, outputs)
         files = []
         for key, obj in outputs.items():
             fmt = key.rsplit(".", 1)[-1]
@@ -167,9 +297,14 @@ def draw(
             write_atomic(save_path / paths[key], data, durable=False)
             files.append({"path": paths[key], "format": fmt, "bytes": len(data), "sha256": index.sha256_bytes(data)})
     except SkipFigure as reason:
-        return index.make_row("figure", status="skipped", error=str(reason), **row)
+        remove_other_outputs(save_path, spec, source.model, source.prompt_hash, task, keep=())
+        return index.make_row("figure", status="skipped", reason=str(reason), **row)
     except Exception as error:  # a broken figure is recorded and retried next run; the others go on
-        return index.make_row("figure", status="error", error=f"{type(error).__name__}: {error}", **row)
+        if raise_errors or isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+            raise
+        return index.make_row("figure", status="error", error=f"{type(error).__name__}: {error}",
+                              traceback=traceback.format_exc(), **row)
+    remove_other_outputs(save_path, spec, source.model, source.prompt_hash, task, keep=[f["path"] for f in files])
     primary = files[0]
     return index.make_row(
         "figure", path=primary["path"], format=primary["format"], bytes=primary["bytes"],
@@ -177,7 +312,8 @@ def draw(
     )
 
 
-def _tasks_for(spec: FigureSpec, cache: Cache, layers: set[int] | None, heads: set[int] | None) -> list[Task]:
+
+def _tasks_for(spec: FigureSpec, cache: Cache, layers: frozenset[int] | None, heads: frozenset[int] | None) -> list[Task]:
     layer_range = [l for l in range(cache.n_layers) if layers is None or l in layers]
     if spec.scope == "head":
         return [Task(spec.name, l, h) for l in layer_range for h in range(cache.n_heads) if heads is None or h in heads]
@@ -186,22 +322,27 @@ def _tasks_for(spec: FigureSpec, cache: Cache, layers: set[int] | None, heads: s
     return [Task(spec.name)]
 
 
-def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: list[tuple[Task, dict[str, Any]]]) -> list[dict[str, Any]]:
+Jobs = list[tuple[Task, dict[str, Any]]]
+
+
+def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_errors: bool = False) -> list[dict[str, Any]]:
     """Worker: open one cache once and draw all of its figures, layer by layer."""
+    source = DrawInput(cache_row["model"], cache_row["prompt_hash"], cache_row.get("sha256"), cache_row["path"])
     try:
         cache = Cache(save_path / cache_row["path"])
     except CacheError as error:
+        if raise_errors:
+            raise
         return [
-            index.make_row("figure", model=cache_row["model"], prompt_hash=cache_row["prompt_hash"],
-                           function=task.function, layer=task.layer, head=task.head,
+            index.make_row("figure", model=source.model, prompt_hash=source.prompt_hash, function=task.function,
+                           scope=REGISTRY[task.function].scope, layer=task.layer, head=task.head, params=params,
+                           cache_sha256=source.cache_sha256, cache_path=source.cache_path,
+                           code_sha256=REGISTRY[task.function].code_sha256, view=REGISTRY[task.function].view,
                            status="error", error=str(error))
-            for task, _ in jobs
-        ]
-    with cache:
-        return [
-            draw(REGISTRY[task.function], cache, task, params, save_path, cache.model, cache.prompt_hash, cache_row.get("sha256"))
             for task, params in jobs
         ]
+    with cache:
+        return [draw(REGISTRY[task.function], cache, task, params, save_path, source, raise_errors) for task, params in jobs]
 
 
 def _one_blas_thread() -> None:
@@ -212,123 +353,183 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def run_figures(
-    save_path: str | Path = "attn_data",
-    *,
-    figures: Sequence[str] | None = None,
-    models: Sequence[str] | None = None,
-    prompts: Sequence[str] | None = None,
-    layers: str | set[int] | None = None,
-    heads: str | set[int] | None = None,
-    params: dict[str, dict[str, Any]] | None = None,
-    workers: int = 1,
-    ray: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    display: bool = False,
-) -> FiguresSummary:
-    """Draw figures for the caches in `save_path`; returns the rows it wrote.
+# --------------------------------------------------------------------------- the plan
 
-    figures: globs over registered names; models: model names; prompts: prompt-hash prefixes;
-    layers/heads: sets or '0-3,7' strings; params: {figure name: {param: value}} overrides;
-    workers: local processes; ray: 'auto' or a cluster address, to draw on Ray workers instead.
-    """
-    started = time.perf_counter()
-    load_builtins()
-    save_path = Path(save_path)
-    specs = select_figures(figures)
-    layers = parse_range(layers) if isinstance(layers, str) or layers is None else set(layers)
-    heads = parse_range(heads) if isinstance(heads, str) or heads is None else set(heads)
-    rows = index.read_rows(save_path)
+
+@dataclass
+class FigurePlan:
+    """What a run draws: per cache, the figure calls whose recorded row is missing or out of date
+    (other code, params or cache); model-scope calls; and rows of figures that went stale."""
+
+    prompts: list[tuple[dict[str, Any], Jobs]] = field(default_factory=list)
+    models: list[tuple[str, list[dict[str, Any]], str, list[tuple[FigureSpec, dict[str, Any]]]]] = field(default_factory=list)
+    stale: list[dict[str, Any]] = field(default_factory=list)
+    up_to_date: int = 0
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(jobs) for _, jobs in self.prompts) + sum(len(specs) for *_, specs in self.models) + len(self.unreadable)
+
+
+def is_current(row: dict[str, Any] | None, spec: FigureSpec, params: dict[str, Any], cache_sha: str | None, save_path: Path) -> bool:
+    """A recorded figure that needs no redraw: same code, params and cache, files intact."""
+    if row is None or row.get("status") not in ("ok", "skipped"):
+        return False
+    if (row.get("params"), row.get("cache_sha256"), row.get("code_sha256")) != (params, cache_sha, spec.code_sha256):
+        return False
+    return row["status"] == "skipped" or index.is_complete(row, save_path)
+
+
+def model_fingerprint(cache_rows: Sequence[dict[str, Any]]) -> str:
+    """A model-scope figure's input is the set of its model's caches: a new one makes it out of date."""
+    return index.sha256_bytes("".join(sorted(r.get("sha256") or "" for r in cache_rows)).encode())
+
+
+def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: FiguresSettings,
+                 newest: dict[index.Key, dict[str, Any]]) -> FigurePlan:
+    """Decide what to draw from the index (and each cache's meta.json); draws and writes nothing."""
+    plan = FigurePlan()
+    present = {key: row for key, row in index.current_caches(newest.values()).items() if index.is_complete(row, save_path)}
     caches = [
-        row for row in index.latest(r for r in rows if r["kind"] == "cache").values()
-        if index.is_complete(row, save_path)
-        and (not models or row["model"] in models)
-        and (not prompts or any(row["prompt_hash"].startswith(p) for p in prompts))
+        row for row in present.values()
+        if (not settings.models or row["model"] in settings.models)
+        and (not settings.prompts or any(row["prompt_hash"].startswith(p) for p in settings.prompts))
     ]
-    done = index.latest(r for r in rows if r["kind"] == "figure")
-    summary = FiguresSummary()
-
-    def is_done(model: str, prompt_hash: str, task: Task, spec_params: dict[str, Any], cache_sha: str | None) -> bool:
-        row = done.get(("figure", model, prompt_hash, task.function, task.layer, task.head))
-        if force or row is None or row.get("params") != spec_params or row.get("cache_sha256") != cache_sha:
-            return False
-        return row.get("status") == "skipped" or index.is_complete(row, save_path)
-
-    # Plan: per prompt, the (task, params) pairs still to draw.
-    plan: list[tuple[dict[str, Any], list[tuple[Task, dict[str, Any]]]]] = []
-    per_prompt_specs = [s for s in specs if s.scope != "model"]
-    for cache_row in caches:
-        if not per_prompt_specs:
-            break
+    figures = {key: row for key, row in newest.items() if row["kind"] == "figure"}
+    planned: set[index.Key] = set()
+    per_prompt = [s for s in specs if s.scope != "model"]
+    for cache_row in caches if per_prompt else []:
         try:
             with Cache(save_path / cache_row["path"]) as cache:  # reads only meta.json
                 jobs = []
-                for spec in per_prompt_specs:
-                    spec_params = effective_params(spec, params)
-                    if any(not cache.has(name) for name in spec.needs):
-                        continue  # e.g. the logit lens on a cache made without --logit-lens
-                    for task in _tasks_for(spec, cache, layers, heads):
-                        if is_done(cache.model, cache.prompt_hash, task, spec_params, cache_row.get("sha256")):
-                            summary.skipped += 1
+                for spec in per_prompt:
+                    params = effective_params(spec, settings.params)
+                    for task in _tasks_for(spec, cache, settings.layers, settings.heads):
+                        key = ("figure", cache.model, cache.prompt_hash, task.function, task.layer, task.head, "")
+                        if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path):
+                            plan.up_to_date += 1
                         else:
-                            jobs.append((task, spec_params))
-        except CacheError as error:
-            print(f"warning: {error}", file=sys.stderr)
-            continue
+                            jobs.append((task, params))
+                            planned.add(key)
+        except CacheError:
+            jobs = [(Task(spec.name), effective_params(spec, settings.params)) for spec in per_prompt]
+            plan.unreadable.append(cache_row)
         if jobs:
-            plan.append((cache_row, jobs))
+            plan.prompts.append((cache_row, jobs))
+    for model in sorted({row["model"] for row in caches}):
+        rows = [row for row in caches if row["model"] == model]
+        fingerprint = model_fingerprint(rows)
+        todo = []
+        for spec in (s for s in specs if s.scope == "model"):
+            params = effective_params(spec, settings.params)
+            key = ("figure", model, "", spec.name, None, None, "")
+            if not settings.force and is_current(figures.get(key), spec, params, fingerprint, save_path):
+                plan.up_to_date += 1
+            else:
+                todo.append((spec, params))
+                planned.add(key)
+        if todo:
+            plan.models.append((model, rows, fingerprint, todo))
+    plan.stale = stale_rows(figures, present, planned)
+    return plan
 
-    total = sum(len(jobs) for _, jobs in plan)
-    bar = tqdm(total=total, desc="figures", unit="fig", disable=not progress or total == 0)
 
-    def record(new_rows: list[dict[str, Any]]) -> None:
-        index.append_rows(save_path, new_rows)
-        summary.rows.extend(new_rows)
-        for row in new_rows:
-            if row["status"] == "error":
-                summary.failed += 1
-                tqdm.write(f"error: {row['function']} on {row['prompt_hash']} L{row['layer']} H{row['head']}: {row['error']}", file=sys.stderr)
-            elif row["status"] == "ok":
-                summary.written += 1
-        bar.update(len(new_rows))
-
-    try:
-        if ray and plan:
-            for rows_of_shard in _draw_on_ray(save_path, plan, ray):
-                record(rows_of_shard)
-        elif workers > 1 and len(plan) > 1:
-            # fork keeps figures registered in a notebook's __main__ visible to the workers.
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
-                futures = [pool.submit(_draw_prompt, save_path, cache_row, jobs) for cache_row, jobs in plan]
-                for future in as_completed(futures):
-                    record(future.result())
+def stale_rows(figures: dict[index.Key, dict[str, Any]], current: dict[tuple[str, str], dict[str, Any]],
+               planned: set[index.Key]) -> list[dict[str, Any]]:
+    """Rows marking as stale each ok figure (not redrawn now) whose cache is gone or no longer current."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in current.values():
+        by_model.setdefault(row["model"], []).append(row)
+    stale = []
+    for key, row in figures.items():
+        if row.get("status") != "ok" or key in planned:
+            continue
+        model, prompt_hash = row.get("model", ""), row.get("prompt_hash", "")
+        if prompt_hash:
+            cache = current.get((model, prompt_hash))
+            if cache is None:
+                reason = "its cache is gone (file deleted, pruned or failed); rerun the activations stage"
+            elif row.get("cache_sha256") != cache.get("sha256"):
+                reason = f"drawn from another cache than the current one ({cache['path']}); rerun figures to redraw"
+            else:
+                continue
+        elif model not in by_model:
+            reason = f"no current cache of {model} is left"
+        elif row.get("cache_sha256") != model_fingerprint(by_model[model]):
+            reason = f"drawn from another set of {model}'s caches; rerun figures to redraw"
         else:
-            for cache_row, jobs in plan:
-                record(_draw_prompt(save_path, cache_row, jobs))
-        _draw_model_figures(save_path, specs, caches, params, is_done, record, summary)
-    finally:
-        bar.close()
-    summary.seconds = time.perf_counter() - started
-    if display:
-        show(summary.rows, save_path)
-    return summary
+            continue
+        stale.append(dict(row, status="stale", reason=reason))
+    return stale
 
 
-def _draw_on_ray(
-    save_path: Path, plan: list[tuple[dict[str, Any], list[tuple[Task, dict[str, Any]]]]], address: str
-) -> Iterable[list[dict[str, Any]]]:
+# --------------------------------------------------------------------------- recording
+
+
+class Recorder:
+    """The index's only writer in a figures run: appends rows, counts them, reports errors in one
+    line each (figure, prompt hash and first words, layer/head where they apply)."""
+
+    def __init__(self, save_path: Path, texts: dict[tuple[str, str], str], total: int, progress: bool):
+        self.save_path, self.texts = save_path, texts
+        self.summary = FiguresSummary()
+        self.bar = tqdm(total=total, desc="figures", unit="fig", disable=not progress or total == 0)
+
+    def describe(self, row: dict[str, Any]) -> str:
+        where = f"{row['function']} on "
+        if row.get("prompt_hash"):
+            words = " ".join(self.texts.get((row["model"], row["prompt_hash"]), "").split()[:6])
+            where += f"{row['model']} {row['prompt_hash'][:8]} \"{words}…\""
+        else:
+            where += f"{row['model']} (all prompts)"
+        where += f" L{row['layer']}" if row.get("layer") is not None else ""
+        where += f" H{row['head']}" if row.get("head") is not None else ""
+        return where
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        index.append_rows(self.save_path, rows)
+        self.summary.rows.extend(rows)
+        for row in rows:
+            if row["status"] == "error":
+                self.summary.failed += 1
+                tqdm.write(f"error: {self.describe(row)}: {row['error']}", file=sys.stderr)
+            elif row["status"] == "ok":
+                self.summary.written += 1
+        self.bar.update(len(rows))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def draw_here(save_path: Path, plan: FigurePlan, raise_errors: bool) -> Iterator[list[dict[str, Any]]]:
+    for cache_row, jobs in plan.prompts:
+        yield _draw_prompt(save_path, cache_row, jobs, raise_errors)
+
+
+def draw_in_processes(save_path: Path, plan: FigurePlan, workers: int) -> Iterator[list[dict[str, Any]]]:
+    # fork keeps figures registered in a notebook's __main__ visible to the workers.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
+        futures = [pool.submit(_draw_prompt, save_path, cache_row, jobs) for cache_row, jobs in plan.prompts]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def draw_on_ray(save_path: Path, plan: FigurePlan, address: str) -> Iterable[list[dict[str, Any]]]:
     """The per-prompt plan on Ray workers (one per CPU slot), a few prompts per shard; each
     shard's rows come back here, the index's only writer. The figure specs travel with the work,
     so functions registered in a notebook draw on the workers too. SAVE_PATH must be a folder
     every worker sees (one machine, or a shared file system)."""
     from lens_pipeline import distributed
 
-    specs = [REGISTRY[name] for name in sorted({task.function for _, jobs in plan for task, _ in jobs})]
+    specs = [REGISTRY[name] for name in sorted({task.function for _, jobs in plan.prompts for task, _ in jobs})]
     setup = functools.partial(_register_on_worker, specs)
     work = functools.partial(_draw_shard, save_path=save_path)
-    return distributed.run_shards(setup, work, distributed.chunks(plan, 2), address=address, use_gpus=False)
+    return distributed.run_shards(setup, work, distributed.chunks(plan.prompts, 2), address=address, use_gpus=False)
 
 
 def _register_on_worker(specs: list[FigureSpec]) -> None:
@@ -337,10 +538,20 @@ def _register_on_worker(specs: list[FigureSpec]) -> None:
         REGISTRY[spec.name] = spec
 
 
-def _draw_shard(
-    state: None, shard: list[tuple[dict[str, Any], list[tuple[Task, dict[str, Any]]]]], *, save_path: Path
-) -> list[dict[str, Any]]:
+def _draw_shard(state: None, shard: list[tuple[dict[str, Any], Jobs]], *, save_path: Path) -> list[dict[str, Any]]:
     return [row for cache_row, jobs in shard for row in _draw_prompt(save_path, cache_row, jobs)]
+
+
+def draw_models(save_path: Path, plan: FigurePlan, raise_errors: bool) -> Iterator[list[dict[str, Any]]]:
+    """Model-scope figures (comparisons across a model's prompts), after the prompts."""
+    for model, rows, fingerprint, todo in plan.models:
+        opened = [Cache(save_path / row["path"]) for row in rows]
+        try:
+            for spec, params in todo:
+                yield [draw(spec, opened, Task(spec.name), params, save_path, DrawInput(model, "", fingerprint, None), raise_errors)]
+        finally:
+            for cache in opened:
+                cache.close()
 
 
 def effective_params(spec: FigureSpec, overrides: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -348,32 +559,49 @@ def effective_params(spec: FigureSpec, overrides: dict[str, dict[str, Any]] | No
     return {**spec.params, **(overrides or {}).get(spec.name, {})}
 
 
-def _draw_model_figures(
-    save_path: Path,
-    specs: Sequence[FigureSpec],
-    caches: Sequence[dict[str, Any]],
-    params: dict[str, dict[str, Any]] | None,
-    is_done: Callable[..., bool],
-    record: Callable[[list[dict[str, Any]]], None],
-    summary: FiguresSummary,
-) -> None:
-    """Model-scope figures (comparisons across a model's prompts) run after the prompts."""
-    model_specs = [s for s in specs if s.scope == "model"]
-    for model in sorted({row["model"] for row in caches}):
-        rows = [row for row in caches if row["model"] == model]
-        # The set of caches is this figure's input: a new prompt makes it stale.
-        fingerprint = index.sha256_bytes("".join(sorted(r.get("sha256") or "" for r in rows)).encode())
-        opened = None
-        for spec in model_specs:
-            spec_params = effective_params(spec, params)
-            if is_done(model, "", Task(spec.name), spec_params, fingerprint):
-                summary.skipped += 1
-                continue
-            if opened is None:
-                opened = [Cache(save_path / row["path"]) for row in rows]
-            record([draw(spec, opened, Task(spec.name), spec_params, save_path, model, "", fingerprint)])
-        for cache in opened or []:
-            cache.close()
+def run_figures(save_path: str | Path = "attn_data", settings: FiguresSettings | None = None, **options: Any) -> FiguresSummary:
+    """Draw figures for the current caches in `save_path`; returns the rows it wrote.
+
+    `settings`, or its fields as keywords: figures (globs over registered names), models (model
+    names), prompts (prompt-hash prefixes), layers/heads (sets or '0-3,7' strings), params
+    ({figure: {option: value}}, checked before anything is drawn), workers (local processes), ray
+    ('auto' or a cluster address), force, raise_errors (stop at the first error and re-raise it,
+    drawing in this process), progress, display. Raises FigureParamError for a bad name or value.
+    """
+    started = time.perf_counter()
+    settings = settings or FiguresSettings.build(**options)
+    load_builtins()
+    save_path = Path(save_path)
+    specs = select_figures(settings.figures)
+    check_params(specs, settings.params)
+    remove_orphan_temp_files(save_path / "figures")
+    newest = index.latest(index.read_rows(save_path))
+    plan = plan_figures(save_path, specs, settings, newest)
+    texts = {(r["model"], r["prompt_hash"]): r.get("text", "") for r in index.current_caches(newest.values()).values()}
+    recorder = Recorder(save_path, texts, plan.size, settings.progress)
+    recorder.summary.skipped = plan.up_to_date
+    recorder.summary.stale = len(plan.stale)
+    index.append_rows(save_path, plan.stale)
+    try:
+        if settings.raise_errors or not plan.prompts:
+            rows_of_prompts: Iterable[list[dict[str, Any]]] = draw_here(save_path, plan, settings.raise_errors)
+        elif settings.ray:
+            rows_of_prompts = draw_on_ray(save_path, plan, settings.ray)
+        elif settings.workers > 1 and len(plan.prompts) > 1:
+            rows_of_prompts = draw_in_processes(save_path, plan, settings.workers)
+        else:
+            rows_of_prompts = draw_here(save_path, plan, False)
+        for rows in rows_of_prompts:
+            recorder(rows)
+        for rows in draw_models(save_path, plan, settings.raise_errors):
+            recorder(rows)
+    finally:
+        recorder.close()
+    summary = recorder.summary
+    summary.seconds = time.perf_counter() - started
+    if settings.display:
+        show(summary.rows, save_path)
+    return summary
 
 
 def show(rows: Sequence[dict[str, Any]], save_path: str | Path, limit: int = 12) -> None:
@@ -410,7 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
                         help="draw on Ray workers (one per CPU slot) instead of local processes; auto = the running "
                         "cluster, else a new local one (pip install 'lens_pipeline[ray]'); SAVE_PATH must be shared")
-    parser.add_argument("--force", action="store_true", help="redraw figures even if the index has them")
+    parser.add_argument("--force", action="store_true",
+                        help="redraw figures even if up to date (not needed after a code, param or cache change: "
+                        "those redraw by themselves)")
+    parser.add_argument("--raise", dest="raise_errors", action="store_true",
+                        help="stop at the first figure that raises and show its full traceback (draws in this process)")
     parser.add_argument("--list", action="store_true", help="list registered figure functions and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -422,7 +654,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         figure, dot, name = key.partition(".")
         if not sep or not dot:
-            raise ValueError(f"--param {item!r}: expected FIGURE.NAME=VALUE")
+            raise FigureParamError(f"--param {item!r}: expected FIGURE.NAME=VALUE")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -445,20 +677,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {index.index_path(args.save_path)} not found; run python -m lens_pipeline.activations first", file=sys.stderr)
         return 2
     try:
-        summary = run_figures(
-            args.save_path, figures=split(args.figures), models=split(args.model), prompts=split(args.prompts),
-            layers=args.layers, heads=args.heads, params=_parse_params(args.param),
-            workers=args.workers, ray=args.ray, force=args.force, progress=not args.quiet,
+        settings = FiguresSettings.build(
+            figures=split(args.figures), models=split(args.model), prompts=split(args.prompts),
+            layers=args.layers, heads=args.heads, params=_parse_params(args.param), workers=args.workers,
+            ray=args.ray, force=args.force, raise_errors=args.raise_errors, progress=not args.quiet,
         )
-    except (ValueError, DistributedError) as error:
+        summary = run_figures(args.save_path, settings)
+    except (FigureParamError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except index.IndexWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: cannot write figures to {args.save_path}: {error.strerror} (finished figures are "
+              f"recorded; free space and rerun to resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished figures are recorded; rerun to resume", file=sys.stderr)
         return 130
     rate = summary.written / summary.seconds if summary.seconds else 0.0
+    stale = f", {summary.stale} marked stale" if summary.stale else ""
     print(f"done: {summary.written} figure(s) written ({rate:.0f}/s), {summary.skipped} already done, "
-          f"{summary.failed} failed; {summary.seconds:.1f} s", file=sys.stderr)
+          f"{summary.failed} failed{stale}; {summary.seconds:.1f} s", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

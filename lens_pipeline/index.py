@@ -2,11 +2,17 @@
 
 Rows are only ever appended (under an exclusive file lock, so concurrent runs and worker
 processes can write at once); a later row for the same output supersedes an earlier one.
-Resume and the viewer read `latest()`: the newest row per output key.
+Resume and the viewer read `latest()`: the newest row per output key. A row equal to the newest
+one for its output (times aside) is not appended again, so two runs doing the same work at once
+leave one row per output. A failed append (disk full) truncates the file back to where it was.
+
+Caches are keyed by their settings too (`settings_id`): caches of one prompt made with other
+settings live side by side, and `current_caches()` names the newest for each (model, prompt).
 
 Row fields: kind ("cache" | "figure"), model, prompt_hash, layer, head, function, path (relative
 to the save path), files (every file of a multi-file figure), format, bytes, sha256, status
-("ok" | "error"), error, warnings, params, created (UTC ISO time), tool_version.
+("ok" | "error" | "skipped" | "stale"), error and traceback (errors), reason (skipped, stale),
+warnings, params, created (UTC ISO time), tool_version.
 """
 
 from __future__ import annotations
@@ -16,16 +22,16 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import jsonlines
-
 from lens_pipeline import __version__
 
 INDEX_NAME = "index.jsonl"
-Key = tuple[str, str, str, str, Any, Any]
+Key = tuple[str, str, str, str, Any, Any, str]
+VOLATILE_FIELDS = ("created", "seconds", "tool_version")  # differ between two runs of the same work
 
 
 def index_path(save_path: str | os.PathLike[str]) -> Path:
@@ -41,6 +47,7 @@ def row_key(row: dict[str, Any]) -> Key:
         row.get("function", ""),
         row.get("layer"),
         row.get("head"),
+        row.get("settings_id", ""),
     )
 
 
@@ -72,51 +79,155 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows atomically with respect to other writers (flock + one write + fsync)."""
-    payload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if not payload:
-        return
+class IndexWriteError(OSError):
+    """The index could not be appended to (disk full, read-only); nothing of the append was kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def same_output(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two rows that record the same result, ignoring when and how fast it was made."""
+    strip = lambda row: {k: v for k, v in row.items() if k not in VOLATILE_FIELDS}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+class _Tail:
+    """What this process has read of one index file: its newest rows and where reading stopped."""
+
+    def __init__(self) -> None:
+        self.reset(None)
+
+    def reset(self, identity: tuple[int, int] | None) -> None:
+        self.identity = identity
+        self.offset = 0
+        self.newest: dict[Key, dict[str, Any]] = {}
+
+    def follow(self, handle: Any) -> None:
+        """Parse what was appended since the last call (under the lock, so no line is torn)."""
+        stat = os.fstat(handle.fileno())
+        if self.identity != (stat.st_dev, stat.st_ino) or stat.st_size < self.offset:
+            self.reset((stat.st_dev, stat.st_ino))
+        handle.seek(self.offset)
+        chunk = handle.read(stat.st_size - self.offset)
+        self.offset = stat.st_size
+        for row in _parse_lines(chunk, None, 0):
+            self.newest[row_key(row)] = row
+
+
+_TAILS: dict[Path, _Tail] = {}
+
+
+def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append rows atomically with respect to other writers (flock + one write + fsync), leaving
+    out each row equal to the newest already recorded for its output. Returns the rows appended.
+    Raises IndexWriteError, with the file as it was, when the write fails."""
+    rows = list(rows)
+    if not rows:
+        return []
     path = index_path(save_path)
-    with _locked(path), open(path, "a+b") as handle:
-        # A writer killed mid-line leaves a torn row: start ours on a fresh line.
-        if handle.seek(0, os.SEEK_END) > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                payload = "\n" + payload
-        handle.write(payload.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with _locked(path), open(path, "a+b") as handle:
+            tail = _TAILS.setdefault(path.resolve(), _Tail())
+            tail.follow(handle)
+            fresh = [row for row in rows if not (
+                (old := tail.newest.get(row_key(row))) is not None and same_output(old, row))]
+            payload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in fresh)
+            if not payload:
+                return []
+            size = handle.seek(0, os.SEEK_END)
+            # A writer killed mid-line leaves a torn row: start ours on a fresh line.
+            if size > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    payload = "\n" + payload
+            try:
+                handle.write(payload.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(size)  # no half row: the index stays as it was
+                raise
+            tail.offset = handle.tell()
+            for row in fresh:
+                tail.newest[row_key(row)] = row
+            return fresh
+    except OSError as error:
+        raise IndexWriteError(error.errno, f"cannot append to {path}: {error.strerror or error}") from error
 
 
-def read_rows(save_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every row in file order. A torn last line (a writer killed mid-write) is skipped."""
+def _parse_lines(chunk: bytes, warn: Any, first_line: int) -> Iterator[dict[str, Any]]:
+    """Rows of a run of complete lines; a line that is not a row is reported to `warn`."""
+    for number, line in enumerate(chunk.split(b"\n"), start=first_line):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or row.get("kind") not in ("cache", "figure"):
+                raise ValueError("not an index row")
+            hash(row_key(row))  # key fields must be hashable (a list where a layer belongs is not)
+        except (ValueError, TypeError) as error:
+            if warn:
+                warn(f"{line_label(number)}: skipped a line that is not an index row ({error})")
+            continue
+        yield row
+
+
+def line_label(number: int) -> str:
+    return f"{INDEX_NAME}:{number}"
+
+
+def read_rows(save_path: str | os.PathLike[str], warn: Any = None) -> list[dict[str, Any]]:
+    """Every row in file order. Torn or garbage lines are skipped, each reported to `warn` (default:
+    a warning on stderr naming the line); a torn last line (a writer mid-append) silently."""
     path = index_path(save_path)
     if not path.exists():
         return []
-    rows = []
-    with jsonlines.open(path) as reader:
-        for row in reader.iter(skip_invalid=True):
-            if isinstance(row, dict) and "kind" in row:
-                rows.append(row)
-    return rows
+    if warn is None:
+        warn = lambda message: print(f"warning: {path.parent}/{message}", file=sys.stderr)  # noqa: E731
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # past the last newline: a row still being written
+    return list(_parse_lines(data[:end], warn, 1))
 
 
 def latest(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
-    """The newest row per output."""
+    """The newest row per output, in the order those newest rows were appended."""
     newest: dict[Key, dict[str, Any]] = {}
     for row in rows:
-        newest[row_key(row)] = row
+        key = row_key(row)
+        newest.pop(key, None)
+        newest[key] = row
     return newest
 
 
-def is_complete(row: dict[str, Any] | None, save_path: str | os.PathLike[str]) -> bool:
-    """Recorded ok, and every file it names is still there with the recorded size."""
+def current_caches(newest: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, prompt_hash) -> the cache row figures are drawn from: of the caches recorded ok for
+    that prompt (one per settings), the one recorded last (`newest` in `latest()`'s order)."""
+    current: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in newest:
+        if row["kind"] == "cache" and row.get("status") == "ok":
+            current[(row.get("model", ""), row.get("prompt_hash", ""))] = row
+    return current
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_complete(row: dict[str, Any] | None, save_path: str | os.PathLike[str], verify: bool = False) -> bool:
+    """Recorded ok, and every file it names is still there with the recorded size (and, with
+    `verify`, the recorded sha256: a flipped byte keeps the size)."""
     if row is None or row.get("status") != "ok":
         return False
-    files = row.get("files") or [{"path": row["path"], "bytes": row.get("bytes")}]
+    files = row.get("files") or [{"path": row["path"], "bytes": row.get("bytes"), "sha256": row.get("sha256")}]
     for entry in files:
         target = Path(save_path) / entry["path"]
         if not target.is_file() or (entry.get("bytes") is not None and target.stat().st_size != entry["bytes"]):
+            return False
+        if verify and entry.get("sha256") and sha256_file(target) != entry["sha256"]:
             return False
     return True

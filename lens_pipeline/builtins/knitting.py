@@ -13,12 +13,13 @@ from typing import Any, Sequence
 from lens_pipeline.knitting import Gauge, Grid, limit_colours_per_row, palette_for, pattern_files
 from lens_pipeline.knitting.grid import scheme_name
 from lens_pipeline.knitting.mapping import SOURCES, source_levels
-from lens_pipeline.registry import register_figure
+from lens_pipeline.registry import SkipFigure, register_figure
 
 FORMATS = ("svg", "pdf", "md", "txt", "json", "csv", "png")
+NEEDS_LM_HEAD = ("top1_prob",)  # sources read from next-token predictions
 
 
-@register_figure(scope="prompt", formats=FORMATS, name="knitting_pattern")
+@register_figure(scope="prompt", formats=FORMATS, name="knitting_pattern", view="knitting")
 def knitting_pattern(
     cache: Any,
     *,
@@ -52,6 +53,8 @@ def knitting_pattern(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
+    if source in NEEDS_LM_HEAD and (missing := cache.missing(("lm_head",))):
+        raise SkipFigure(f"source={source}: {missing[0]}")
     if stranded_fix not in ("adjust", "flag"):
         raise ValueError("stranded_fix must be 'adjust' or 'flag'")
     if mode == "in_the_round":

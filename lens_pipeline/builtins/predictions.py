@@ -33,7 +33,7 @@ def _last_positions(cache: Cache, max_positions: int) -> list[int]:
     return list(range(max(0, cache.n_tokens - max_positions), cache.n_tokens))
 
 
-@register_figure(scope="prompt", formats="png")
+@register_figure(scope="prompt", formats="png", needs=("topk_ids", "lm_head"))
 def topk_bars(cache: Cache, max_positions: int = 12, k: int | None = None) -> Figure:
     """Top-k next-token probabilities as bars, for up to max_positions positions (actual next token in orange)."""
     positions = evenly_spaced(cache.n_tokens, max_positions)
@@ -57,7 +57,7 @@ def topk_bars(cache: Cache, max_positions: int = 12, k: int | None = None) -> Fi
     return figure
 
 
-@register_figure(scope="prompt", formats="png")
+@register_figure(scope="prompt", formats="png", needs=("topk_ids", "lm_head"))
 def topk_heatmap(cache: Cache, max_positions: int = 60) -> Figure:
     """Rank x position heatmap of next-token probabilities, each cell labelled with its token."""
     positions = _last_positions(cache, max_positions)
@@ -77,7 +77,7 @@ def topk_heatmap(cache: Cache, max_positions: int = 60) -> Figure:
     return figure
 
 
-@register_figure(scope="prompt", formats="png", needs=("logit_lens_ids",))
+@register_figure(scope="prompt", formats="png", needs=("logit_lens_ids", "lm_head"))
 def logit_lens(cache: Cache, max_positions: int = 30) -> Figure:
     """Logit lens: each layer's top next token and its probability at each position (last max_positions)."""
     positions = _last_positions(cache, max_positions)
