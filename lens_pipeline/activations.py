@@ -35,6 +35,7 @@ from lens_pipeline.cache import (
     CacheContents,
     ExtractSettings,
     prompt_hash,
+    remove_orphan_temp_files,
     serialize,
     write_atomic,
 )
@@ -184,6 +185,7 @@ def run_activations(
         raise PromptFileError(f"{len(bad)} bad prompt line(s), first: {bad[0]} (--strict stops here)")
     sources = [model_sources.resolve_source(name, settings.random_weights) for name in models]
     check_writable(save_path)
+    remove_orphan_temp_files(save_path / "caches")  # left by a run killed with -9
 
     newest = index.latest(index.read_rows(save_path))
     for source in sources:

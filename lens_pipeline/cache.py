@@ -5,28 +5,13 @@ Format (schema 2; schema 1 caches still load), documented in the README:
   others. Each member `NAME.npy.zst` is a standard `.npy` file (np.save, never pickled)
   compressed with zstandard; `meta.json` describes the prompt, the model and every array.
 
-  tokens          int32   [T]              token ids (padding dropped)
-  token_strs      <U      [T]              token strings as the tokenizer decodes them
-  patterns/L{ll}  per encoding, [H, T*(T+1)/2] for causal models (row-major lower triangle),
-                  [H, T, T] for bidirectional ones; q12 and q16 as uint8 byte planes,
-                  [H, 2, ...] (low bytes, then high bytes); the loader returns square float32
-  topk_ids        int32   [T, k]           next-token predictions at each position
-  topk_probs      float16 [T, k]
-  topk_strs       <U      [T, k]
-  resid_norms     float32 [n_layers+1, T]  L2 norm of the residual stream before layer 0
-                                           (embeddings) and after every layer
-  neuron_ids      int32   [n_layers, N]    per layer, the N MLP neurons with the largest
-                                           activation variance over this prompt
-  neuron_acts     float16 [n_layers, N, T] their post-activation values
-  logit_lens_ids / logit_lens_probs [n_layers, T]  (optional) top-1 token of each layer's
-                                           residual through the final norm and unembedding
-  hooks/<name>    float16 (optional)       any extra TransformerLens hook, padding dropped
+  The arrays a cache can hold are listed once, in CACHE_ARRAYS below.
 
 Pattern encodings (absolute error per weight): "q12" (default; round(p*4095), <= 1.2e-4),
 "q16" (round(p*65535), <= 7.7e-6), "q8" (round(p*255) in uint8, <= 2.0e-3), "float16"
 (<= 2.4e-4, finer for tiny weights), "float32" (exact). Why byte planes: most weights are
-tiny, so the high bytes are nearly all zero; apart, zstd packs them 17% smaller and 40% faster
-than the interleaved uint16 (measured on SmolLM2).
+tiny, so the high bytes are nearly all zero, and apart zstd packs them smaller and faster than
+interleaved uint16 (measured in the README).
 """
 
 from __future__ import annotations
@@ -91,8 +76,8 @@ class ArraySpec:
 CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("tokens", "int32", "[T]", "always", "token ids (BOS included for causal models; padding dropped)"),
     ArraySpec("token_strs", "str", "[T]", "always", "each token as the tokenizer decodes it"),
-    ArraySpec("patterns", "per encoding", "[H, T(T+1)/2] causal, [H, T, T] bidirectional",
-              "pattern_encoding", "attention of layer ll (member patterns/L{ll}), lower triangle row by row"),
+    ArraySpec("patterns", "per encoding", "[H, T(T+1)/2] causal, [H, T, T] bidirectional; q12/q16 as uint8 [H, 2, ...] byte planes",
+              "pattern_encoding", "attention of layer ll (member `patterns/L{ll}`), lower triangle row by row"),
     ArraySpec("topk_ids", "int32", "[T, k]", "top_k", "the k most likely next tokens at each position"),
     ArraySpec("topk_probs", "float16", "[T, k]", "top_k", "their probabilities"),
     ArraySpec("topk_strs", "str", "[T, k]", "top_k", "their strings"),
@@ -106,8 +91,18 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("logit_lens_probs", "float16", "[L, T]", "logit_lens", "its probability"),
     ArraySpec("logit_lens_strs", "str", "[L, T]", "logit_lens", "its string"),
     ArraySpec("hooks", "float16", "as the hook, padding removed", "hooks",
-              "any other TransformerLens hook (member hooks/<name>)"),
+              "any other TransformerLens hook (member `hooks/<name>`)"),
 )
+SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`", "top_k": "`--top-k`",
+                 "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`"}
+
+
+def arrays_markdown() -> str:
+    """The README's cache table, made from CACHE_ARRAYS (a test keeps the README equal to it)."""
+    lines = ["| array | dtype | shape | made by | what |", "|---|---|---|---|---|"]
+    for spec in CACHE_ARRAYS:
+        lines.append(f"| `{spec.name}` | {spec.dtype} | {spec.shape} | {SETTING_FLAGS[spec.setting]} | {spec.meaning} |")
+    return "\n".join(lines) + "\n"
 ARRAYS: dict[str, ArraySpec] = {spec.name: spec for spec in CACHE_ARRAYS}
 # What a cache can mean beyond the arrays it holds; figure `needs=` may name these too.
 CAPABILITIES: dict[str, str] = {

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lens_pipeline import activations, extract, index
+from lens_pipeline import activations, extract, index, models
 from lens_pipeline.cache import (
     DEFAULT_PATTERN_ENCODING,
     PATTERN_ENCODINGS,
@@ -108,7 +108,7 @@ def stage_run(model: Any, todo: list, save_path: Path, settings: ExtractSettings
     shutil.rmtree(save_path, ignore_errors=True)
     _sync(model.device)
     wall, cpu = time.perf_counter(), time.process_time()
-    written, failed = activations.run_prompts(model, todo, save_path, settings, batch_size, False, lambda m: None)
+    written, failed = activations.run_prompts(model, todo, save_path, settings, batch_size=batch_size, log=lambda m: None)
     _sync(model.device)
     if failed or written != len(todo):
         raise SystemExit(f"bench: the stage failed on {failed} prompt(s); see {index.index_path(save_path)}")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts_file.write_text("".join(json.dumps({"text": p.text, **p.metadata}) + "\n" for p in prompts), encoding="utf-8")
 
         started = time.perf_counter()
-        model = activations.load_model(source, args.device, args.dtype)
+        model = models.load_model(source, args.device, args.dtype)
         load_s = time.perf_counter() - started
         todo = list({prompt_hash(source.model_id, p.text): (p, prompt_hash(source.model_id, p.text)) for p in prompts}.values())
         # The batches the stage makes: tokenized the same way, stably sorted by length.

@@ -88,7 +88,7 @@ def test_failures_are_recorded_and_retried_skips_are_not(save_path: Path) -> Non
     errors = [r for r in figure_rows(save_path, "fig_flaky") if r["status"] == "error"]
     assert len(errors) == len(MIXED_PROMPTS) and errors[0]["error"] == "RuntimeError: boom"
     skipped = [r for r in figure_rows(save_path, "fig_two_files") if r["status"] == "skipped"]
-    assert len(skipped) == 1 and skipped[0]["error"] == "too short"  # "Hi": BOS + 1 token
+    assert len(skipped) == 1 and skipped[0]["reason"] == "too short"  # "Hi": BOS + 1 token
     two = next(r for r in figure_rows(save_path, "fig_two_files") if r["status"] == "ok")
     assert sorted(Path(f["path"]).name for f in two["files"]) == ["fig_two_files.json", "notes.md"]
     CALLS.clear()

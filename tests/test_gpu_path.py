@@ -190,7 +190,7 @@ def test_stage_survives_out_of_memory_without_losing_prompts(llama: LoadedModel,
     todo = [(Prompt(text, f"test:{i}"), prompt_hash(llama.source.model_id, text)) for i, text in enumerate(TEXTS)]
     settings = ExtractSettings()
     with forward_hook(llama, oom_above(1, [])):  # only single prompts fit
-        written, failed = run_prompts(llama, todo, tmp_path / "split", settings, 4, False, lambda m: None)
+        written, failed = run_prompts(llama, todo, tmp_path / "split", settings, batch_size=4, log=lambda m: None)
     assert (written, failed) == (len(TEXTS), 0)
     rows = index.read_rows(tmp_path / "split")
     assert sorted(r["prompt_hash"] for r in rows) == sorted(h for _, h in todo)
@@ -199,7 +199,7 @@ def test_stage_survives_out_of_memory_without_losing_prompts(llama: LoadedModel,
         assert cache.layer_patterns(1).shape == (4, cache.n_tokens, cache.n_tokens)
     # Nothing fits at all: every prompt gets an error row (retried next run), and no crash.
     with forward_hook(llama, oom_above(0, [])):
-        written, failed = run_prompts(llama, todo, tmp_path / "none", settings, 4, False, lambda m: None)
+        written, failed = run_prompts(llama, todo, tmp_path / "none", settings, batch_size=4, log=lambda m: None)
     assert (written, failed) == (0, len(TEXTS))
     rows = index.read_rows(tmp_path / "none")
     assert len(rows) == len(TEXTS) and all(r["status"] == "error" and "out of memory" in r["error"] for r in rows)
@@ -210,7 +210,7 @@ def test_after_an_out_of_memory_later_batches_are_split_before_they_run(llama: L
     seen: list[int] = []
     notes: list[str] = []
     with forward_hook(llama, oom_above(1, seen)):  # only single prompts fit
-        written, failed = run_prompts(llama, todo, tmp_path, ExtractSettings(), 2, False, notes.append)
+        written, failed = run_prompts(llama, todo, tmp_path, ExtractSettings(), batch_size=2, log=notes.append)
     assert (written, failed) == (len(TEXTS), 0)
     # Batches come shortest first, so the first pair that failed is the smallest pair: every
     # later pair is split before it runs. One failed forward in all, not one per batch.

@@ -32,8 +32,8 @@ def test_torn_last_line_is_skipped_and_latest_row_wins(tmp_path: Path) -> None:
     rows = index.read_rows(tmp_path)
     assert len(rows) == 2
     newest = index.latest(rows)
-    assert newest[("cache", "m", "a", "", None, None)]["status"] == "ok"
-    assert not index.is_complete(newest[("cache", "m", "a", "", None, None)], tmp_path)  # file x absent
+    assert newest[("cache", "m", "a", "", None, None, "")]["status"] == "ok"
+    assert not index.is_complete(newest[("cache", "m", "a", "", None, None, "")], tmp_path)  # file x absent
 
 
 def test_append_after_a_torn_line_keeps_the_new_row(tmp_path: Path) -> None:
