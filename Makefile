@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PROMPTS ?= data/shakespeare_quotes.jsonl
 SAVE_PATH ?= attn_data
 
-.PHONY: install browser run test bench serve clean
+.PHONY: install browser run lint test bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+# Lint rules and limits: [tool.ruff] in pyproject.toml. CI runs this before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install browser
 	$(PY) -m pytest -q

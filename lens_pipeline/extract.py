@@ -250,6 +250,21 @@ def top_variance_neurons(post: torch.Tensor, real: torch.Tensor, n: int) -> tupl
     return chosen, torch.gather(post, 2, chosen[:, None, :].expand(-1, post.shape[1], -1)).transpose(1, 2)
 
 
+@dataclass
+class _Kept:
+    """What the hooks keep of each layer during the forward (on the device)."""
+
+    patterns: list[Any]  # encoded
+    norms: list[Any]  # residual L2 norms [B, T], embeddings first
+    residuals: list[Any]  # kept only for the logit lens
+    neurons: list[Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n_layers: int) -> "_Kept":
+        return cls([None] * n_layers, [None] * (n_layers + 1), [None] * n_layers, [None] * n_layers)
+
+
 @torch.no_grad()
 def run_batch(
     model: LoadedModel, batch: Sequence[Tokenized], settings: ExtractSettings, token_strings: TokenStrings
@@ -257,19 +272,30 @@ def run_batch(
     """Forward one right-padded batch and return each prompt's arrays, padding removed."""
     bridge = model.bridge
     lengths = [len(t.ids) for t in batch]
-    padded = max(lengths)
     input_ids, attention_mask = pad_batch(model, batch)
-    n_layers = bridge.cfg.n_layers
     real = attention_mask[:, None, :].to(torch.float32)  # [B, 1, T]
 
     # Each layer's activations are reduced inside the forward, in hooks, while they are fresh:
     # the batch never holds every layer's float patterns at once (the bare forward does not
     # either), which on CPU saved the page faults of ~1 GB of new memory per batch.
-    patterns: list[Any] = [None] * n_layers  # encoded, on the device
-    norms: list[Any] = [None] * (n_layers + 1)  # residual L2 norms [B, T]
-    residuals: list[Any] = [None] * n_layers  # kept only for the logit lens
-    neurons: list[Any] = [None] * n_layers
-    extra: dict[str, Any] = {}
+    kept = _Kept.empty(bridge.cfg.n_layers)
+    hooks = _reducing_hooks(model, settings, kept, real, lengths)
+    logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
+    if any(value is None for value in kept.patterns + kept.norms + (kept.neurons if settings.n_neurons > 0 else [])):
+        raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
+    out = _device_outputs(model, settings, kept, logits)
+    del logits  # device memory back before the host work
+    kept.residuals.clear()
+    host = to_host(out)
+    return [Extracted(_prompt_arrays(model, settings, host, batch[row].ids, row, length, token_strings))
+            for row, length in enumerate(lengths)]
+
+
+def _reducing_hooks(
+    model: LoadedModel, settings: ExtractSettings, kept: _Kept, real: torch.Tensor, lengths: list[int]
+) -> list[tuple[str, Callable[[torch.Tensor, Any], None]]]:
+    """Forward hooks that store each activation's reduced form in `kept`."""
+    padded = max(lengths)
 
     def keep(target: Any, key: Any, reduce: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor, Any], None]:
         def hook(value: torch.Tensor, hook: Any) -> None:  # returns None: the forward goes on unchanged
@@ -280,61 +306,64 @@ def run_batch(
     def norm(residual: torch.Tensor) -> torch.Tensor:
         return residual.float().norm(dim=-1)
 
-    hooks = [("blocks.0.hook_resid_pre", keep(norms, 0, norm))]
-    for layer in range(n_layers):
+    hooks = [("blocks.0.hook_resid_pre", keep(kept.norms, 0, norm))]
+    for layer in range(len(kept.patterns)):
         hooks.append((f"blocks.{layer}.attn.hook_pattern",
-                      keep(patterns, layer, lambda p: encode_patterns(p, settings.pattern_encoding, model.causal))))
-        hooks.append((f"blocks.{layer}.hook_resid_post", keep(norms, layer + 1, norm)))
+                      keep(kept.patterns, layer, lambda p: encode_patterns(p, settings.pattern_encoding, model.causal))))
+        hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.norms, layer + 1, norm)))
         if settings.logit_lens:
-            hooks.append((f"blocks.{layer}.hook_resid_post", keep(residuals, layer, lambda r: r)))
+            hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.residuals, layer, lambda r: r)))
         if settings.n_neurons > 0:
             hooks.append((f"blocks.{layer}.mlp.hook_post",
-                          keep(neurons, layer, lambda post: top_variance_neurons(post, real, settings.n_neurons))))
+                          keep(kept.neurons, layer, lambda post: top_variance_neurons(post, real, settings.n_neurons))))
     for name in settings.hooks:
-        hooks.append((name, keep(extra, name, lambda value: [
+        hooks.append((name, keep(kept.extra, name, lambda value: [
             _cut_hook(value, row, length, padded).to(torch.float16) for row, length in enumerate(lengths)])))
-    logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
-    if any(value is None for value in patterns + norms + (neurons if settings.n_neurons > 0 else [])):
-        raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
+    return hooks
 
-    # On the device: what is left to reduce, then one transfer to the host.
-    out: dict[str, Any] = {"patterns": patterns, "resid_norms": torch.stack(norms)}  # [L+1, B, T]
+
+def _device_outputs(model: LoadedModel, settings: ExtractSettings, kept: _Kept, logits: torch.Tensor) -> dict[str, Any]:
+    """On the device: what is left to reduce, ready for one transfer to the host."""
+    bridge = model.bridge
+    out: dict[str, Any] = {"patterns": kept.patterns, "resid_norms": torch.stack(kept.norms)}  # [L+1, B, T]
     top_probs, top_ids = top_predictions(logits.float(), settings.top_k)  # the logits are not needed after
     out["topk_probs"], out["topk_ids"] = top_probs.to(torch.float16), top_ids.to(torch.int32)
     if settings.logit_lens:
-        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in residuals]
+        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in kept.residuals]
         out["logit_lens_probs"] = torch.stack([m.values for m in lens]).to(torch.float16)  # [L, B, T]
         out["logit_lens_ids"] = torch.stack([m.indices for m in lens]).to(torch.int32)
     if settings.n_neurons > 0:
-        out["neuron_ids"] = torch.stack([ids for ids, _ in neurons], 1).to(torch.int32)  # [B, L, n]
-        out["neuron_acts"] = torch.stack([acts for _, acts in neurons], 1).to(torch.float16)  # [B, L, n, T]
+        out["neuron_ids"] = torch.stack([ids for ids, _ in kept.neurons], 1).to(torch.int32)  # [B, L, n]
+        out["neuron_acts"] = torch.stack([acts for _, acts in kept.neurons], 1).to(torch.float16)  # [B, L, n, T]
     for name in settings.hooks:
-        out[f"hooks/{name}"] = extra[name]
-    del logits, residuals  # device memory back before the host work
-    host = to_host(out)
+        out[f"hooks/{name}"] = kept.extra[name]
+    return out
 
-    results = []
-    for row, length in enumerate(lengths):
-        arrays: dict[str, np.ndarray] = {}
-        ids = np.asarray(batch[row].ids, dtype=np.int32)
-        arrays["tokens"] = ids
-        arrays["token_strs"] = token_strings(ids)
-        for layer in range(n_layers):
-            encoded = host["patterns"][layer][row]
-            encoded = encoded[..., : length * (length + 1) // 2] if model.causal else encoded[..., :length, :length]
-            arrays[pattern_member(layer)] = encoded  # a view: the writer compresses it where it lies
-        arrays["topk_ids"] = host["topk_ids"][row, :length]
-        arrays["topk_probs"] = host["topk_probs"][row, :length]
-        arrays["topk_strs"] = token_strings(arrays["topk_ids"])
-        arrays["resid_norms"] = host["resid_norms"][:, row, :length]
-        if settings.n_neurons > 0:
-            arrays["neuron_ids"] = host["neuron_ids"][row]
-            arrays["neuron_acts"] = np.ascontiguousarray(host["neuron_acts"][row, :, :, :length])
-        if settings.logit_lens:
-            arrays["logit_lens_ids"] = host["logit_lens_ids"][:, row, :length]
-            arrays["logit_lens_probs"] = host["logit_lens_probs"][:, row, :length]
-            arrays["logit_lens_strs"] = token_strings(arrays["logit_lens_ids"])
-        for hook in settings.hooks:
-            arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
-        results.append(Extracted(arrays))
-    return results
+
+def _prompt_arrays(
+    model: LoadedModel, settings: ExtractSettings, host: dict[str, Any], token_ids: list[int], row: int, length: int,
+    token_strings: TokenStrings,
+) -> dict[str, np.ndarray]:
+    """One prompt's arrays cut out of the batch's host arrays, padding removed."""
+    arrays: dict[str, np.ndarray] = {}
+    ids = np.asarray(token_ids, dtype=np.int32)
+    arrays["tokens"] = ids
+    arrays["token_strs"] = token_strings(ids)
+    for layer, patterns in enumerate(host["patterns"]):
+        encoded = patterns[row]
+        encoded = encoded[..., : length * (length + 1) // 2] if model.causal else encoded[..., :length, :length]
+        arrays[pattern_member(layer)] = encoded  # a view: the writer compresses it where it lies
+    arrays["topk_ids"] = host["topk_ids"][row, :length]
+    arrays["topk_probs"] = host["topk_probs"][row, :length]
+    arrays["topk_strs"] = token_strings(arrays["topk_ids"])
+    arrays["resid_norms"] = host["resid_norms"][:, row, :length]
+    if settings.n_neurons > 0:
+        arrays["neuron_ids"] = host["neuron_ids"][row]
+        arrays["neuron_acts"] = np.ascontiguousarray(host["neuron_acts"][row, :, :, :length])
+    if settings.logit_lens:
+        arrays["logit_lens_ids"] = host["logit_lens_ids"][:, row, :length]
+        arrays["logit_lens_probs"] = host["logit_lens_probs"][:, row, :length]
+        arrays["logit_lens_strs"] = token_strings(arrays["logit_lens_ids"])
+    for hook in settings.hooks:
+        arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
+    return arrays

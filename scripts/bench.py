@@ -60,8 +60,10 @@ TARGETS = {"throughput_ratio": 0.85, "bytes_ratio": 1 / 8, "rerun_s": 3.0}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2", help="model name as the activations stage takes it (default: %(default)s)")
-    parser.add_argument("--random-weights", action="store_true", help="architecture-only model (see the stage's --random-weights)")
+    parser.add_argument("--model", default="smollm2",
+                        help="model name as the activations stage takes it (default: %(default)s)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="architecture-only model (see the stage's --random-weights)")
     parser.add_argument("--prompts", default="data/prompts.jsonl", help="prompt file (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=100, help="first N prompts (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
@@ -73,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--error-prompts", type=int, default=24,
                         help="prompts whose float32 patterns measure each encoding's error (default: %(default)s)")
-    parser.add_argument("--figure-prompts", type=int, default=3, help="caches each figure kind is drawn for (default: %(default)s; 0 = skip)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile one stage run and print its top N functions")
+    parser.add_argument("--figure-prompts", type=int, default=3,
+                        help="caches each figure kind is drawn for (default: %(default)s; 0 = skip)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="cProfile one stage run and print its top N functions")
     parser.add_argument("--ray-workers", type=int, default=0, metavar="N",
                         help="also run the stage on a local Ray cluster of N CPU workers and compare it with one "
                         "process (outputs and seconds, model loading included); needs ray (default: skip)")
@@ -225,11 +229,15 @@ def print_table(results: dict[str, Any]) -> None:
         f"model {results['model']} on {results['device']} ({results['dtype']}), {results['prompts']} prompts, "
         f"{results['tokens']} tokens, batch {results['batch_size']}, encoding {results['pattern_encoding']}",
         f"{'':28}{'seconds':>9}{'CPU s':>8}{'prompts/s':>11}{'tokens/s':>10}",
-        f"{'bare forward':28}{s['bare_s']:9.2f}{s['bare_cpu_s']:8.2f}{s['bare_prompts_per_s']:11.2f}{s['bare_tokens_per_s']:10.0f}",
-        f"{'activations stage':28}{s['stage_s']:9.2f}{s['stage_cpu_s']:8.2f}{s['stage_prompts_per_s']:11.2f}{s['stage_tokens_per_s']:10.0f}",
-        f"stage throughput: {100 * s['throughput_ratio']:.1f}% of bare, fastest runs; {100 * s['paired_ratio_median']:.1f}%, "
+        f"{'bare forward':28}{s['bare_s']:9.2f}{s['bare_cpu_s']:8.2f}"
+        f"{s['bare_prompts_per_s']:11.2f}{s['bare_tokens_per_s']:10.0f}",
+        f"{'activations stage':28}{s['stage_s']:9.2f}{s['stage_cpu_s']:8.2f}"
+        f"{s['stage_prompts_per_s']:11.2f}{s['stage_tokens_per_s']:10.0f}",
+        f"stage throughput: {100 * s['throughput_ratio']:.1f}% of bare, fastest runs; "
+        f"{100 * s['paired_ratio_median']:.1f}%, "
         f"median of the pairs (target >= {100 * TARGETS['throughput_ratio']:.0f}%); "
-        f"CPU {100 * (s['stage_cpu_s'] / s['bare_cpu_s'] - 1):+.1f}%; runs: bare {', '.join(f'{x:.1f}' for x in s['bare_runs_s'])}"
+        f"CPU {100 * (s['stage_cpu_s'] / s['bare_cpu_s'] - 1):+.1f}%; "
+        f"runs: bare {', '.join(f'{x:.1f}' for x in s['bare_runs_s'])}"
         f" s, stage {', '.join(f'{x:.1f}' for x in s['stage_runs_s'])} s",
         f"cache: {c['bytes_per_prompt'] / 1e3:.1f} kB/prompt vs float32 n x n npz {c['npz_bytes_per_prompt'] / 1e6:.2f} MB/prompt"
         f" = 1/{1 / c['ratio']:.0f} (target <= 1/8)",
@@ -253,7 +261,8 @@ def print_table(results: dict[str, Any]) -> None:
     if results.get("ray"):
         r = results["ray"]
         lines += ["", f"Ray, {r['workers']} local CPU workers vs one process, {r['prompts']} prompts, model loading included:",
-                  f"  one process {r['single_s']:.1f} s, Ray {r['ray_s']:.1f} s ({100 * (r['ray_s'] / r['single_s'] - 1):+.1f}%); "
+                  f"  one process {r['single_s']:.1f} s, Ray {r['ray_s']:.1f} s "
+                  f"({100 * (r['ray_s'] / r['single_s'] - 1):+.1f}%); "
                   f"outputs identical (index rows, cache sha256): {r['identical']}"]
     print("\n".join(lines))
 

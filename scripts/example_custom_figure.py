@@ -56,7 +56,8 @@ def main() -> None:
     print(f"wrote {summary.written} figure(s) into {args.save_path}")
     print(f"strongest previous-token head: L{best['layer']}H{int(np.argmax(scores))} ({max(scores):.2f})")
     print("its index row:", json.dumps({k: best[k] for k in ("function", "layer", "path", "status")}))
-    print("index rows for this figure:", sum(r.get("function") == "previous_token_score" for r in index.read_rows(args.save_path)))
+    rows = index.read_rows(args.save_path)
+    print("index rows for this figure:", sum(r.get("function") == "previous_token_score" for r in rows))
 
 
 if __name__ == "__main__":

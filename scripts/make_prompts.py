@@ -164,66 +164,86 @@ def title_from_slug(slug: str) -> str:
     return " ".join(words).replace(" S ", "'s ")
 
 
-def parse_play(slug: str, markdown: str) -> Play:
-    play = Play(slug=slug, title="")
+@dataclass
+class _Place:
+    """Where parse_play is in a play."""
+
     act: str | None = None
     scene: str | None = None
-    location = ""
-    scene_no = 0
+    location: str = ""
+    scene_no: int = 0
     last_speaker: str | None = None
-    after_heading = False
-    paragraphs: list[list[str]] = [[]]
+    after_heading: bool = False
+
+
+def paragraphs(markdown: str) -> list[list[str]]:
+    """Runs of non-blank lines."""
+    paras: list[list[str]] = [[]]
     for raw in markdown.splitlines():
         if raw.strip():
-            paragraphs[-1].append(raw)
-        elif paragraphs[-1]:
-            paragraphs.append([])
+            paras[-1].append(raw)
+        elif paras[-1]:
+            paras.append([])
+    return [para for para in paras if para]
 
-    for para in paragraphs:
-        if not para:
-            continue
+
+def read_heading(play: Play, place: _Place, head: str) -> None:
+    """An act, scene, prologue/epilogue or title heading: a new scene, no speaker yet."""
+    if m := ACT_RE.match(head):
+        place.act, place.scene, place.location = m.group(1), None, ""
+    elif m := SCENE_RE.match(head):
+        place.scene, place.location = m.group(1), m.group(2).strip().rstrip(".")
+    elif m := PRO_EPI_RE.match(head):
+        place.scene, place.location = m.group(1).capitalize(), m.group(2).strip().rstrip(".")
+        if place.act is None or m.group(1).upper() == "EPILOGUE":
+            place.act = place.scene
+    elif head.startswith("# ") and not play.title:
+        play.title = head[2:].strip()
+    place.scene_no += 1
+    place.last_speaker = None
+    place.after_heading = True
+
+
+def block_lines(para: list[str], head: str, place: _Place) -> tuple[str | None, str, list[str]]:
+    """(speaker, kind, plain lines) of a paragraph; no lines if the source text has a gap."""
+    if m := SPEAKER_RE.match(head):
+        speaker = clean_line(m.group(1)).upper()
+        lines = [clean_line(line) for line in para[1:]]
+        kind = "speech"
+        place.last_speaker = speaker
+    elif is_direction(para) or NUMBERED_RE.match(head):  # numbered: a procession
+        speaker, kind = None, "direction"
+        lines = [clean_line(line) for line in para]
+    else:  # the same speaker goes on after a mid-speech stage direction
+        speaker, kind = place.last_speaker, "speech"
+        lines = [clean_line(line) for line in para]
+    lines = [line for line in lines if line]
+    if any("[ ]" in line for line in lines):  # a gap in the source text ("And either [ ]")
+        lines = []
+    return speaker, kind, lines
+
+
+def parse_play(slug: str, markdown: str) -> Play:
+    play = Play(slug=slug, title="")
+    place = _Place()
+    for para in paragraphs(markdown):
         head = para[0].strip()
         if head.startswith("#"):
-            if m := ACT_RE.match(head):
-                act, scene, location = m.group(1), None, ""
-            elif m := SCENE_RE.match(head):
-                scene, location = m.group(1), m.group(2).strip().rstrip(".")
-            elif m := PRO_EPI_RE.match(head):
-                scene, location = m.group(1).capitalize(), m.group(2).strip().rstrip(".")
-                if act is None or m.group(1).upper() == "EPILOGUE":
-                    act = scene
-            elif head.startswith("# ") and not play.title:
-                play.title = head[2:].strip()
-            scene_no += 1
-            last_speaker = None
-            after_heading = True
+            read_heading(play, place, head)
             continue
 
-        if after_heading and not SPEAKER_RE.match(head) and not is_direction(para):
-            after_heading = False
-            if location:  # a scene heading that ran on to a second paragraph
-                location = f"{location} {' '.join(clean_line(line) for line in para)}".rstrip(".")
+        if place.after_heading and not SPEAKER_RE.match(head) and not is_direction(para):
+            place.after_heading = False
+            if place.location:  # a scene heading that ran on to a second paragraph
+                place.location = f"{place.location} {' '.join(clean_line(line) for line in para)}".rstrip(".")
                 continue
-            last_speaker = (scene or "").upper() or None  # e.g. a Prologue without a speaker line
-        after_heading = False
+            place.last_speaker = (place.scene or "").upper() or None  # e.g. a Prologue without a speaker line
+        place.after_heading = False
 
-        if m := SPEAKER_RE.match(head):
-            speaker = clean_line(m.group(1)).upper()
-            lines = [clean_line(line) for line in para[1:]]
-            kind = "speech"
-            last_speaker = speaker
-        elif is_direction(para) or NUMBERED_RE.match(head):  # numbered: a procession
-            speaker, kind = None, "direction"
-            lines = [clean_line(line) for line in para]
-        else:  # the same speaker goes on after a mid-speech stage direction
-            speaker, kind = last_speaker, "speech"
-            lines = [clean_line(line) for line in para]
-        lines = [line for line in lines if line]
-        if any("[ ]" in line for line in lines):  # a gap in the source text ("And either [ ]")
-            lines = []
+        speaker, kind, lines = block_lines(para, head, place)
         if not lines or speaker is None and kind == "speech":
             continue
-        play.blocks.append(Block(kind, lines, act, scene, location, scene_no, speaker))
+        play.blocks.append(Block(kind, lines, place.act, place.scene, place.location, place.scene_no, speaker))
 
     play.title = play.title or title_from_slug(slug)
     play.title = re.sub(r"\bPart I\b", "Part 1", play.title)

@@ -35,7 +35,8 @@ def test_bench_prints_a_table_and_writes_every_measurement(tmp_path: Path) -> No
     speed = results["speed"]
     assert speed["bare_s"] > 0 and speed["stage_s"] > 0 and speed["stage_tokens_per_s"] > 0
     cache = results["cache"]
-    assert cache["bytes_per_prompt"] > 0 and cache["ratio"] == pytest.approx(cache["bytes_per_prompt"] / cache["npz_bytes_per_prompt"])
+    assert cache["bytes_per_prompt"] > 0
+    assert cache["ratio"] == pytest.approx(cache["bytes_per_prompt"] / cache["npz_bytes_per_prompt"])
     assert results["rerun_s"] > 0 and " 0 cache(s) written" in results["rerun_output"]
     assert results["peak_rss_bytes"] > 0
     assert set(results["encodings"]) == set(PATTERN_ENCODINGS)

@@ -121,7 +121,7 @@ def test_every_builtin_is_registered_with_scope_formats_and_a_description() -> N
         spec = REGISTRY[name]
         assert (spec.scope, spec.formats) == (scope, formats), name
         assert spec.description and not spec.description.endswith(":"), name
-    assert REGISTRY["logit_lens"].needs == ("logit_lens_ids",)
+    assert REGISTRY["logit_lens"].needs == ("logit_lens_ids", "lm_head")  # an untrained head has no lens
     assert REGISTRY["attention_heatmap"].params == {"cmap": "viridis", "side": 200}
 
 

@@ -88,7 +88,8 @@ def test_byte_planes_hold_low_then_high_bytes_and_schema_1_uint16_still_decodes(
     planes = encode_pattern(patterns, "q12", True)
     assert planes.dtype == np.uint8 and planes.shape == (2, 2, 45)
     values = planes[:, 0].astype(np.uint16) + 256 * planes[:, 1].astype(np.uint16)
-    assert values.max() <= 4095 and np.abs(values / 4095 - patterns[(slice(None), *np.tril_indices(9))]).max() <= PATTERN_MAX_ERROR["q12"]
+    assert values.max() <= 4095
+    assert np.abs(values / 4095 - patterns[(slice(None), *np.tril_indices(9))]).max() <= PATTERN_MAX_ERROR["q12"]
     # A schema-1 cache stored the same values as plain uint16: the loader reads both.
     np.testing.assert_array_equal(decode_pattern(values, "q12", True, 9), decode_pattern(planes, "q12", True, 9))
 

@@ -13,15 +13,29 @@ import pytest
 from PIL import Image
 
 from lens_pipeline.knitting import (
-    Gauge, Grid, axis_scale, ayab_image, block_scale, chart_svg, check_grid, colour_runs,
-    float_limit, grid_csv, grid_json, instruction_lines, limit_colours_per_row, palette_for,
-    pattern_files, quantise, row_floats,
+    Gauge,
+    Grid,
+    axis_scale,
+    ayab_image,
+    block_scale,
+    chart_svg,
+    check_grid,
+    colour_runs,
+    float_limit,
+    grid_csv,
+    grid_json,
+    instruction_lines,
+    limit_colours_per_row,
+    palette_for,
+    pattern_files,
+    quantise,
+    row_floats,
 )
-from lens_pipeline.knitting.instructions import fold_repeats, row_line, stitches_in_line
+from lens_pipeline.knitting.instructions import fold_repeats, row_line
 from lens_pipeline.knitting.mapping import attention_levels, resid_levels, top1_levels
 
 SVG = "{http://www.w3.org/2000/svg}"
-# The worked example of /work/shared/notes/knitting.md, drawn top row first, RS view.
+# The spec's worked example, drawn top row first, RS view.
 EXAMPLE = ["AABBBA", "ABBAAA", "BBAAAA", "AAAABB"]
 
 
@@ -32,6 +46,18 @@ def example(mode: str = "flat") -> Grid:
 def grid_of(rows_stitch_order: list[list[int]], n_colours: int = 3, **kw) -> Grid:
     """Rows given row 1 first, stitch 1 first (the storage order)."""
     return Grid(np.array(rows_stitch_order), palette_for("neutral", n_colours), **kw)
+
+
+def stitches_in_line(line: str) -> int:
+    """Sum of the stitch counts named in a row line, expanding folded repeats."""
+    body = line.split(":", 1)[1].split(". (")[0]
+    total = 0
+    for m in re.finditer(r"\(([^)]*)\) (\d+) times|[kp](\d+) ", body + " "):
+        if m.group(1) is not None:
+            total += int(m.group(2)) * sum(int(x) for x in re.findall(r"[kp](\d+) ", m.group(1) + " "))
+        else:
+            total += int(m.group(3))
+    return total
 
 
 # ------------------------------------------------------------------ worked example
@@ -201,7 +227,10 @@ def test_resid_and_top1_thresholds_recorded() -> None:
     assert 0.05 < (levels == 2).mean() < 0.2  # fixed quantiles, not thirds
     lv, rec = top1_levels(np.array([1.0, 0.25, 0.05, 0.6]), 20, 20, 3)
     assert rec["thresholds"] == [0.5]
-    picture_col = lambda tok: lv[:, tok * 5]  # 4 tokens -> 5 sts each
+
+    def picture_col(tok: int) -> np.ndarray:
+        return lv[:, tok * 5]  # 4 tokens -> 5 sts each
+
     assert picture_col(0).tolist() == [1] * 10 + [2] * 10
     assert picture_col(1).tolist() == [1] * 5 + [0] * 15
     assert picture_col(2).tolist() == [1] + [0] * 19  # at least one row per token
@@ -359,6 +388,9 @@ class StandInCache:
 
     def layer_patterns(self, layer: int) -> np.ndarray:
         return self.patterns[layer]
+
+    def missing(self, needs: tuple[str, ...]) -> list[str]:
+        return []  # every array is here and the stand-in model has an LM head
 
 
 def make_cache(t: int = 10, family: str = "llama", seed: int = 0) -> StandInCache:

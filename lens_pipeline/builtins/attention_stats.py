@@ -62,7 +62,8 @@ def statistics_figure(stats: dict[str, np.ndarray], title: str) -> Figure:
     for position, (name, label) in enumerate(STATISTICS.items(), start=1):
         axes = figure.add_subplot(2, 2, position)
         vmax = 1.0 if name in ("max_weight", "first_token_share") else None
-        image = axes.imshow(stats[name], aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
+        image = axes.imshow(stats[name], aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax,
+                            interpolation="nearest")
         axes.set_title(label, fontsize=9)
         axes.set_xlabel("head")
         axes.set_ylabel("layer")

@@ -14,20 +14,17 @@ The registered figure lives in lens_pipeline.builtins.knitting.
 """
 
 from .bundle import pattern_files
-from .chart import chart_pdf, chart_png, chart_svg
+from .chart import chart_pdf, chart_svg
 from .checks import check_grid, colour_runs, difficulty, float_limit, row_floats
 from .exports import ayab_image, grid_csv, grid_json
-from .grid import (
-    SCHEMES, Colour, Gauge, Grid, axis_scale, block_scale, limit_colours_per_row, palette_for,
-    quantise,
-)
+from .grid import SCHEMES, Colour, Gauge, Grid, axis_scale, block_scale, limit_colours_per_row, palette_for, quantise
 from .instructions import instruction_lines, pattern_markdown, pattern_text, row_line
 from .mapping import SOURCES, source_levels
 
 __all__ = [
     "SCHEMES", "SOURCES", "Colour", "Gauge", "Grid", "axis_scale", "ayab_image", "block_scale",
-    "chart_pdf", "chart_png", "chart_svg", "check_grid", "colour_runs", "difficulty",
-    "float_limit", "grid_csv", "grid_json", "instruction_lines", "limit_colours_per_row",
+    "chart_pdf", "chart_svg", "check_grid", "colour_runs", "difficulty", "float_limit",
+    "grid_csv", "grid_json", "instruction_lines", "limit_colours_per_row",
     "palette_for", "pattern_files", "pattern_markdown", "pattern_text", "quantise", "row_floats",
     "row_line", "source_levels",
 ]

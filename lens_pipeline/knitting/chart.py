@@ -127,6 +127,29 @@ def _spans(stitches: Sequence[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in spans]
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where the chart's cells sit on the page, in mm."""
+
+    W: int
+    H: int
+    x0: float
+    y0: float
+    cw: float
+    ch: float
+    num_size: float
+    margin: float
+
+    def cell_x(self, stitch: int) -> float:  # left edge of a stitch's column (stitch 1 = rightmost)
+        return self.x0 + (self.W - stitch) * self.cw
+
+    def cell_y(self, row: int) -> float:  # top edge of a row (row 1 = bottom)
+        return self.y0 + (self.H - row) * self.ch
+
+
+MARK = 1.4  # size of the centre-mark triangles
+
+
 def chart_layout(
     grid: Grid,
     title: str = "Knitting chart",
@@ -142,100 +165,137 @@ def chart_layout(
     ch = cw * grid.gauge.cell_aspect
     num_size = min(2.6, max(1.4, min(cw, ch) * 0.75))
     margin = 4.0 + num_size * 2.4  # room for row numbers on either side
-    x0 = margin
-    y0 = 22.0  # title block
-    shapes: list[Shape] = []
-
-    def cell_x(stitch: int) -> float:  # left edge of a stitch's column (stitch 1 = rightmost)
-        return x0 + (W - stitch) * cw
-
-    def cell_y(row: int) -> float:  # top edge of a row (row 1 = bottom)
-        return y0 + (H - row) * ch
-
-    shapes.append(Text(x0, 8.0, title, 4.2, bold=True))
+    fr = _Frame(W, H, x0=margin, y0=22.0, cw=cw, ch=ch, num_size=num_size, margin=margin)  # y0: below the title block
+    x0 = fr.x0
+    shapes: list[Shape] = [Text(x0, 8.0, title, 4.2, bold=True)]
     if subtitle:
         shapes.append(Text(x0, 13.0, subtitle, 2.6))
     read = ("RS view. Row 1 at the bottom. RS (odd) rows: read right to left; "
             "WS (even) rows: left to right." if grid.mode == "flat" else
             "RS view. Round 1 at the bottom. Every round: read right to left.")
     shapes.append(Text(x0, 17.5, read, 2.3))
-
-    # cells and symbols
-    sym = min(cw, ch) * 0.8
-    for r in range(1, H + 1):
-        row = grid.row(r)
-        for s in range(1, W + 1):
-            c = grid.palette[int(row[s - 1])]
-            x, y = cell_x(s), cell_y(r)
-            shapes.append(Rect(x, y, cw, ch, fill=c.hex, stroke="#7F7F7F", lw=0.08, attrs={
-                "class": "cell", "data-row": str(r), "data-stitch": str(s), "data-colour": c.code}))
-            shapes += symbol_shapes(c.symbol, x + cw / 2, y + ch / 2, sym, _ink(c))
-
-    # heavier lines every 10 sts / rows from stitch 1 and row 1, then the outline
-    for s in range(10, W, 10):
-        x = cell_x(s)
-        shapes.append(Line(x, y0, x, y0 + H * ch, "#000000", 0.45))
-    for r in range(10, H, 10):
-        y = cell_y(r)
-        shapes.append(Line(x0, y, x0 + W * cw, y, "#000000", 0.45))
-    shapes.append(Rect(x0, y0, W * cw, H * ch, stroke="#000000", lw=0.5))
-
-    # long floats (stranded): a dashed red bar low in the cells it passes behind
-    n_flagged = 0
-    if grid.technique == "stranded":
-        for r in range(1, H + 1):
-            for f in row_floats(grid.row(r), grid.mode == "round", r):
-                if f.length <= limit:
-                    continue
-                n_flagged += 1
-                y = cell_y(r) + ch * 0.82
-                for lo, hi in _spans(f.stitches):
-                    shapes.append(Line(cell_x(hi) + cw * 0.1, y, cell_x(lo) + cw * 0.9, y,
-                                       FLOAT_FLAG, max(0.3, ch * 0.12), (0.8, 0.5), attrs={
-                                           "class": "long-float", "data-row": str(r),
-                                           "data-colour": grid.code(f.colour),
-                                           "data-length": str(f.length)}))
-
-    # row numbers: flat odd right / even left; round all right
-    for r in range(1, H + 1):
-        yb = cell_y(r) + ch / 2 + num_size * 0.36
-        right = grid.mode == "round" or r % 2 == 1
-        if right:
-            shapes.append(Text(x0 + W * cw + 1.2, yb, str(r), num_size, "start", cls="row-number"))
-        else:
-            shapes.append(Text(x0 - 1.2, yb, str(r), num_size, "end", cls="row-number"))
-
-    # stitch numbers along the bottom, right to left
-    step = 1 if W <= 30 else 5
-    yb = y0 + H * ch + 1.2 + num_size
-    for s in range(1, W + 1):
-        if step == 1 or s == 1 or s % step == 0:
-            shapes.append(Text(cell_x(s) + cw / 2, yb, str(s), num_size * 0.9, "middle",
-                               cls="stitch-number"))
-
-    # centre marks: small triangles pointing at the centre line from outside the chart
-    t = 1.4
-    cx = x0 + W * cw / 2
-    cy = y0 + H * ch / 2
-    top, bottom = y0, yb + 0.8
-    shapes.append(Polygon([(cx, top - 0.3), (cx - t / 2, top - 0.3 - t), (cx + t / 2, top - 0.3 - t)], fill="#000000"))
-    shapes.append(Polygon([(cx, bottom), (cx - t / 2, bottom + t), (cx + t / 2, bottom + t)], fill="#000000"))
-    lx, rx = x0 - margin + 0.6, x0 + W * cw + margin - 0.6
-    shapes.append(Polygon([(lx + t, cy), (lx, cy - t / 2), (lx, cy + t / 2)], fill="#000000"))
-    shapes.append(Polygon([(rx - t, cy), (rx, cy - t / 2), (rx, cy + t / 2)], fill="#000000"))
+    shapes += _cell_shapes(grid, fr)
+    shapes += _ten_lines(fr)
+    flags, n_flagged = _float_flags(grid, fr, limit)
+    shapes += flags
+    shapes += _row_numbers(grid, fr)
+    numbers, yb = _stitch_numbers(fr)
+    shapes += numbers
+    bottom = yb + 0.8
+    shapes += _centre_marks(fr, bottom)
 
     # finished size and gauge
     w_cm, h_cm = grid.gauge.size_cm(W, H)
-    y = bottom + t + 4.0
+    y = bottom + MARK + 4.0
     shapes.append(Text(x0, y, (
         f"Finished size {w_cm:.1f} x {h_cm:.1f} cm ({W} sts x {H} rows) at "
         f"{grid.gauge.stitches_per_10cm:g} sts x {grid.gauge.rows_per_10cm:g} rows = 10 cm. "
         f"{'Flat' if grid.mode == 'flat' else 'In the round'}, {grid.technique}."), 2.5))
+    key, y = _key_shapes(grid, x0, y, limit, n_flagged)
+    shapes += key
+    # wide enough for the chart and for every left-aligned text (~0.55 em per character)
+    text_right = max((sh.x + 0.55 * sh.size * len(sh.s) for sh in shapes
+                      if isinstance(sh, Text) and sh.anchor == "start"), default=0.0)
+    width = max(x0 + W * cw + margin, text_right + 3.0)
+    return Layout(width, y + 5.0, shapes)
 
-    # key: swatch with symbol, code, name, hex, stitch count
+
+def _cell_shapes(grid: Grid, fr: _Frame) -> list[Shape]:
+    """Every cell and its colour's symbol."""
+    shapes: list[Shape] = []
+    sym = min(fr.cw, fr.ch) * 0.8
+    for r in range(1, fr.H + 1):
+        row = grid.row(r)
+        for s in range(1, fr.W + 1):
+            c = grid.palette[int(row[s - 1])]
+            x, y = fr.cell_x(s), fr.cell_y(r)
+            shapes.append(Rect(x, y, fr.cw, fr.ch, fill=c.hex, stroke="#7F7F7F", lw=0.08, attrs={
+                "class": "cell", "data-row": str(r), "data-stitch": str(s), "data-colour": c.code}))
+            shapes += symbol_shapes(c.symbol, x + fr.cw / 2, y + fr.ch / 2, sym, _ink(c))
+    return shapes
+
+
+def _ten_lines(fr: _Frame) -> list[Shape]:
+    """Heavier lines every 10 sts / rows from stitch 1 and row 1, then the outline."""
+    shapes: list[Shape] = []
+    for s in range(10, fr.W, 10):
+        x = fr.cell_x(s)
+        shapes.append(Line(x, fr.y0, x, fr.y0 + fr.H * fr.ch, "#000000", 0.45))
+    for r in range(10, fr.H, 10):
+        y = fr.cell_y(r)
+        shapes.append(Line(fr.x0, y, fr.x0 + fr.W * fr.cw, y, "#000000", 0.45))
+    shapes.append(Rect(fr.x0, fr.y0, fr.W * fr.cw, fr.H * fr.ch, stroke="#000000", lw=0.5))
+    return shapes
+
+
+def _float_flags(grid: Grid, fr: _Frame, limit: int) -> tuple[list[Shape], int]:
+    """Long floats (stranded): a dashed red bar low in the cells each passes behind; and how many."""
+    shapes: list[Shape] = []
+    n_flagged = 0
+    if grid.technique != "stranded":
+        return shapes, n_flagged
+    for r in range(1, fr.H + 1):
+        for f in row_floats(grid.row(r), grid.mode == "round", r):
+            if f.length <= limit:
+                continue
+            n_flagged += 1
+            y = fr.cell_y(r) + fr.ch * 0.82
+            for lo, hi in _spans(f.stitches):
+                shapes.append(Line(fr.cell_x(hi) + fr.cw * 0.1, y, fr.cell_x(lo) + fr.cw * 0.9, y,
+                                   FLOAT_FLAG, max(0.3, fr.ch * 0.12), (0.8, 0.5), attrs={
+                                       "class": "long-float", "data-row": str(r),
+                                       "data-colour": grid.code(f.colour),
+                                       "data-length": str(f.length)}))
+    return shapes, n_flagged
+
+
+def _row_numbers(grid: Grid, fr: _Frame) -> list[Shape]:
+    """Row numbers: flat odd right / even left; round all right."""
+    shapes: list[Shape] = []
+    for r in range(1, fr.H + 1):
+        yb = fr.cell_y(r) + fr.ch / 2 + fr.num_size * 0.36
+        right = grid.mode == "round" or r % 2 == 1
+        if right:
+            shapes.append(Text(fr.x0 + fr.W * fr.cw + 1.2, yb, str(r), fr.num_size, "start", cls="row-number"))
+        else:
+            shapes.append(Text(fr.x0 - 1.2, yb, str(r), fr.num_size, "end", cls="row-number"))
+    return shapes
+
+
+def _stitch_numbers(fr: _Frame) -> tuple[list[Shape], float]:
+    """Stitch numbers along the bottom, right to left; and their baseline."""
+    shapes: list[Shape] = []
+    step = 1 if fr.W <= 30 else 5
+    yb = fr.y0 + fr.H * fr.ch + 1.2 + fr.num_size
+    for s in range(1, fr.W + 1):
+        if step == 1 or s == 1 or s % step == 0:
+            shapes.append(Text(fr.cell_x(s) + fr.cw / 2, yb, str(s), fr.num_size * 0.9, "middle",
+                               cls="stitch-number"))
+    return shapes, yb
+
+
+def _centre_marks(fr: _Frame, bottom: float) -> list[Shape]:
+    """Small triangles pointing at the centre lines from outside the chart."""
+    t = MARK
+    cx = fr.x0 + fr.W * fr.cw / 2
+    cy = fr.y0 + fr.H * fr.ch / 2
+    top = fr.y0
+    lx, rx = fr.x0 - fr.margin + 0.6, fr.x0 + fr.W * fr.cw + fr.margin - 0.6
+    return [
+        Polygon([(cx, top - 0.3), (cx - t / 2, top - 0.3 - t), (cx + t / 2, top - 0.3 - t)], fill="#000000"),
+        Polygon([(cx, bottom), (cx - t / 2, bottom + t), (cx + t / 2, bottom + t)], fill="#000000"),
+        Polygon([(lx + t, cy), (lx, cy - t / 2), (lx, cy + t / 2)], fill="#000000"),
+        Polygon([(rx - t, cy), (rx, cy - t / 2), (rx, cy + t / 2)], fill="#000000"),
+    ]
+
+
+def _key_shapes(grid: Grid, x0: float, y: float, limit: int, n_flagged: int) -> tuple[list[Shape], float]:
+    """The key below the text line at y: swatch with symbol, code, name, hex, stitch count, then
+    the heavier line, the centre mark and (stranded) the float flag; and the last baseline."""
+    t = MARK
     counts = grid.stitch_counts()
     y += 5.0
-    shapes.append(Text(x0, y, "Key", 3.0, bold=True))
+    shapes: list[Shape] = [Text(x0, y, "Key", 3.0, bold=True)]
     sw = 5.0
     for c in grid.palette:
         y += 1.5
@@ -257,11 +317,7 @@ def chart_layout(
         shapes.append(Line(x0, y - 1.0, x0 + sw, y - 1.0, FLOAT_FLAG, 0.5, (0.8, 0.5)))
         shapes.append(Text(x0 + sw + 2.0, y, (
             f"float longer than {limit} sts: trap it ({n_flagged} in this chart)"), 2.4))
-    # wide enough for the chart and for every left-aligned text (~0.55 em per character)
-    text_right = max((sh.x + 0.55 * sh.size * len(sh.s) for sh in shapes
-                      if isinstance(sh, Text) and sh.anchor == "start"), default=0.0)
-    width = max(x0 + W * cw + margin, text_right + 3.0)
-    return Layout(width, y + 5.0, shapes)
+    return shapes, y
 
 
 # ---------------------------------------------------------------------------- renderers
@@ -373,18 +429,8 @@ def chart_svg(grid: Grid, **kwargs: Any) -> str:
 
 def chart_pdf(grid: Grid, **kwargs: Any) -> bytes:
     """The chart as PDF bytes, same layout as the SVG."""
-    return _save(grid, "pdf", **kwargs)
-
-
-def chart_png(grid: Grid, dpi: int = 200, **kwargs: Any) -> bytes:
-    """A raster preview of the chart (for checking by eye; the SVG/PDF are the real outputs)."""
-    return _save(grid, "png", dpi=dpi, **kwargs)
-
-
-def _save(grid: Grid, fmt: str, dpi: int = 200, **kwargs: Any) -> bytes:
     fig = render_matplotlib(chart_layout(grid, **kwargs))
     buf = io.BytesIO()
     # no creation date in the PDF, so the same grid gives the same bytes
-    meta = {"Creator": "lens_pipeline.knitting", "CreationDate": None} if fmt == "pdf" else None
-    fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+    fig.savefig(buf, format="pdf", dpi=200, metadata={"Creator": "lens_pipeline.knitting", "CreationDate": None})
     return buf.getvalue()

@@ -10,8 +10,6 @@ the image first, knits row 1 first. Image column 0 is the leftmost stitch (stitc
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any, Literal
 
 import numpy as np
@@ -44,10 +42,6 @@ def grid_json(grid: Grid, extra: dict[str, Any] | None = None) -> dict[str, Any]
     if extra:
         out.update(extra)
     return out
-
-
-def grid_json_text(grid: Grid, extra: dict[str, Any] | None = None) -> str:
-    return json.dumps(grid_json(grid, extra), indent=1) + "\n"
 
 
 def grid_csv(grid: Grid) -> str:
@@ -126,9 +120,3 @@ def ayab_image(
         "reduction": reduction,
     }
     return img, info
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()

@@ -1,6 +1,6 @@
 """The stitch grid: palette, gauge, block scaling, quantisation and the stranded adjustment.
 
-Conventions (see docs in README_SECTION.md and /work/shared/notes/knitting.md):
+Conventions (for users: the README's "Knitting patterns" section):
   - `Grid.cells[r, s]` is the colour index of row r+1, stitch s+1.
   - Row 1 is the first row knitted (bottom of the chart); stitch 1 is the RIGHTMOST stitch as
     seen on the right side (RS), i.e. the first stitch of an RS row.
@@ -75,8 +75,7 @@ def palette_for(family: str, n_colours: int = 3) -> list[Colour]:
     """The family's colour scheme cut to `n_colours` (2..6); unknown families get "neutral"."""
     if not 2 <= n_colours <= MAX_COLOURS:
         raise ValueError(f"colours must be between 2 and {MAX_COLOURS}, not {n_colours}")
-    scheme_name = family.lower() if family and family.lower() in SCHEMES else "neutral"
-    shades = SCHEMES[scheme_name]
+    shades = SCHEMES[scheme_name(family)]
     return [
         Colour(CODES[i], shades[pick][0], shades[pick][1], SYMBOLS[i])
         for i, pick in enumerate(_SHADE_PICKS[n_colours])

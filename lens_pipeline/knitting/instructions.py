@@ -7,7 +7,6 @@ back to stitch 1, purled; rounds always from stitch 1 to W, knitted.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 from .checks import Float, float_limit, row_floats
@@ -289,16 +288,4 @@ def pattern_text(grid: Grid, checks: dict[str, Any], about: dict[str, Any] | Non
                     out.append(". ".join(f"{h}: {v}" for h, v in zip(header, r)) + ".")
                 out.append("")
     return "\n".join(out).rstrip() + "\n"
-
-
-def stitches_in_line(line: str) -> int:
-    """Sum of the stitch counts named in a row line (expanding folded repeats); for tests."""
-    body = line.split(":", 1)[1].split(". (")[0]
-    total = 0
-    for m in re.finditer(r"\(([^)]*)\) (\d+) times|[kp](\d+) ", body + " "):
-        if m.group(1) is not None:
-            total += int(m.group(2)) * sum(int(x) for x in re.findall(r"[kp](\d+) ", m.group(1) + " "))
-        else:
-            total += int(m.group(3))
-    return total
 
