@@ -208,7 +208,9 @@ def run_activations(
     return summary
 
 
-def _run_model(source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None]) -> tuple[int, int]:
+def _run_model(
+    source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
+) -> tuple[int, int]:
     from lens_pipeline import models as model_sources
 
     if settings.ray:

@@ -76,7 +76,8 @@ class ArraySpec:
 CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("tokens", "int32", "[T]", "always", "token ids (BOS included for causal models; padding dropped)"),
     ArraySpec("token_strs", "str", "[T]", "always", "each token as the tokenizer decodes it"),
-    ArraySpec("patterns", "per encoding", "[H, T(T+1)/2] causal, [H, T, T] bidirectional; q12/q16 as uint8 [H, 2, ...] byte planes",
+    ArraySpec("patterns", "per encoding",
+              "[H, T(T+1)/2] causal, [H, T, T] bidirectional; q12/q16 as uint8 [H, 2, ...] byte planes",
               "pattern_encoding", "attention of layer ll (member `patterns/L{ll}`), lower triangle row by row"),
     ArraySpec("topk_ids", "int32", "[T, k]", "top_k", "the k most likely next tokens at each position"),
     ArraySpec("topk_probs", "float16", "[T, k]", "top_k", "their probabilities"),

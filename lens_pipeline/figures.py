@@ -135,7 +135,8 @@ def _fits(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number and (isinstance(default, float) or isinstance(value, int))
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
@@ -201,7 +202,9 @@ def figure_paths(spec: FigureSpec, model: str, prompt_hash: str, task: Task, key
     return {key: f"{folder}/{stem}/{key if '.' in key else f'{spec.name}.{key}'}" for key in keys}
 
 
-def remove_other_outputs(save_path: Path, spec: FigureSpec, model: str, prompt_hash: str, task: Task, keep: Iterable[str]) -> None:
+def remove_other_outputs(
+    save_path: Path, spec: FigureSpec, model: str, prompt_hash: str, task: Task, keep: Iterable[str],
+) -> None:
     """Remove what an earlier run of this figure wrote and this one did not (its single files in
     any declared format, and anything else in its own sub-folder); `keep` are relative paths."""
     keep = set(keep)
@@ -314,11 +317,12 @@ def draw(
 
 
 def _tasks_for(spec: FigureSpec, cache: Cache, layers: frozenset[int] | None, heads: frozenset[int] | None) -> list[Task]:
-    layer_range = [l for l in range(cache.n_layers) if layers is None or l in layers]
+    layer_range = [layer for layer in range(cache.n_layers) if layers is None or layer in layers]
     if spec.scope == "head":
-        return [Task(spec.name, l, h) for l in layer_range for h in range(cache.n_heads) if heads is None or h in heads]
+        return [Task(spec.name, layer, head) for layer in layer_range for head in range(cache.n_heads)
+                if heads is None or head in heads]
     if spec.scope == "layer":
-        return [Task(spec.name, l) for l in layer_range]
+        return [Task(spec.name, layer) for layer in layer_range]
     return [Task(spec.name)]
 
 
@@ -372,7 +376,9 @@ class FigurePlan:
         return sum(len(jobs) for _, jobs in self.prompts) + sum(len(specs) for *_, specs in self.models) + len(self.unreadable)
 
 
-def is_current(row: dict[str, Any] | None, spec: FigureSpec, params: dict[str, Any], cache_sha: str | None, save_path: Path) -> bool:
+def is_current(
+    row: dict[str, Any] | None, spec: FigureSpec, params: dict[str, Any], cache_sha: str | None, save_path: Path,
+) -> bool:
     """A recorded figure that needs no redraw: same code, params and cache, files intact."""
     if row is None or row.get("status") not in ("ok", "skipped"):
         return False
@@ -548,7 +554,8 @@ def draw_models(save_path: Path, plan: FigurePlan, raise_errors: bool) -> Iterat
         opened = [Cache(save_path / row["path"]) for row in rows]
         try:
             for spec, params in todo:
-                yield [draw(spec, opened, Task(spec.name), params, save_path, DrawInput(model, "", fingerprint, None), raise_errors)]
+                source = DrawInput(model, "", fingerprint, None)
+                yield [draw(spec, opened, Task(spec.name), params, save_path, source, raise_errors)]
         finally:
             for cache in opened:
                 cache.close()
@@ -627,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
         "under SAVE_PATH/figures and record each in SAVE_PATH/index.jsonl. Reruns skip what is done.",
     )
     parser.add_argument("--save-path", default="attn_data", help="folder the activations stage wrote (default: %(default)s)")
-    parser.add_argument("--figures", default="", help="comma-separated globs over figure names, e.g. 'attention_*,knitting*' (default: all)")
+    parser.add_argument("--figures", default="",
+                        help="comma-separated globs over figure names, e.g. 'attention_*,knitting*' (default: all)")
     parser.add_argument("--model", default="", help="comma-separated model names to draw (default: all in the index)")
     parser.add_argument("--prompts", default="", help="comma-separated prompt-hash prefixes (default: all)")
     parser.add_argument("--layers", default="", help="layers for per-layer/per-head figures, e.g. 0-3,7 (default: all)")
@@ -674,7 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{spec.name:<{width}}  {spec.scope:<6}  {','.join(spec.formats):<12}  {spec.description}{optional}")
         return 0
     if not index.index_path(args.save_path).exists():
-        print(f"error: {index.index_path(args.save_path)} not found; run python -m lens_pipeline.activations first", file=sys.stderr)
+        print(f"error: {index.index_path(args.save_path)} not found; run python -m lens_pipeline.activations first",
+              file=sys.stderr)
         return 2
     try:
         settings = FiguresSettings.build(

@@ -211,7 +211,7 @@ def _wait_for_rows(save: Path, count: int, process: subprocess.Popen, timeout: f
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_run_leaves_no_corrupt_file_and_resumes(tmp_path: Path, sig: int) -> None:
     prompts = REPO / "data" / "prompts.jsonl"
-    subset = write_jsonl(tmp_path / "p.jsonl", [json.loads(l) for l in prompts.read_text().splitlines()[:10]])
+    subset = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in prompts.read_text().splitlines()[:10]])
     save = tmp_path / "out"
     process = subprocess.Popen(_cli("--prompts", str(subset), "--save-path", str(save), "--batch-size", "2", "--quiet"),
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -77,7 +77,8 @@ def test_head_figures_are_written_indexed_and_resumed(save_path: Path) -> None:
     assert np.array_equal(np.asarray(PIL.Image.open(save_path / row["path"])), (pattern * 255).astype(np.uint8))
     again = run_figures(save_path, figures=["fig_grey_head"], layers="0", heads="0,1", progress=False)
     assert again.written == 0 and again.skipped == first.written
-    changed = run_figures(save_path, figures=["fig_grey_head"], layers="0", heads="0", params={"fig_grey_head": {"gain": 2.0}}, progress=False)
+    changed = run_figures(save_path, figures=["fig_grey_head"], layers="0", heads="0",
+                          params={"fig_grey_head": {"gain": 2.0}}, progress=False)
     assert changed.written == len(MIXED_PROMPTS)  # other params: a different figure, redrawn
 
 

@@ -210,7 +210,8 @@ def test_a_figure_folder_holds_exactly_its_latest_files(run_copy: tuple[Path, Pa
     assert row["status"] == "ok" and "ayab.png" not in {Path(f["path"]).name for f in row["files"]}
     on_disk = {p.relative_to(save).as_posix() for p in folder.iterdir()}
     assert on_disk == {f["path"] for f in row["files"]}
-    assert json.loads((save / next(f["path"] for f in row["files"] if f["path"].endswith("meta.json"))).read_text())["ayab"]["error"]
+    meta_file = next(f["path"] for f in row["files"] if f["path"].endswith("meta.json"))
+    assert json.loads((save / meta_file).read_text())["ayab"]["error"]
 
 
 @pytest.fixture(scope="module")
