@@ -18,6 +18,8 @@ from PIL import Image
 N_COLORS = 256
 ATTENTION_CMAP = "viridis"  # perceptually uniform; 0 is dark, so the empty causal triangle recedes
 SIGNED_CMAP = "RdBu_r"  # diverging, for values with a meaningful zero (neuron activations)
+MASKED_COLOR = "#eceef2"  # no value at all: a causal model's future keys, a non-finite activation
+TEXT_DARK, TEXT_LIGHT = "#000000", "#ffffff"  # text on a coloured cell: see text_color()
 
 
 @functools.cache
@@ -73,9 +75,12 @@ def png_bytes(image: Image.Image, compress_level: int = 1) -> bytes:
 
 
 def hex_colors(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[str]:
-    """One '#rrggbb' per value, for HTML."""
+    """One '#rrggbb' per value, for HTML; a non-finite value gets MASKED_COLOR."""
     table = lut(cmap)
-    return ["#%02x%02x%02x" % tuple(table[i]) for i in to_index(values, vmin, vmax).reshape(-1)]
+    values = np.asarray(values)
+    finite = np.isfinite(values).reshape(-1)
+    return ["#%02x%02x%02x" % tuple(table[i]) if ok else MASKED_COLOR
+            for i, ok in zip(to_index(values, vmin, vmax).reshape(-1), finite)]
 
 
 def text_color(background_hex: str) -> str:
@@ -83,4 +88,4 @@ def text_color(background_hex: str) -> str:
     r, g, b = (int(background_hex[i : i + 2], 16) / 255 for i in (1, 3, 5))
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-    return "#000000" if luminance > 0.179 else "#ffffff"
+    return TEXT_DARK if luminance > 0.179 else TEXT_LIGHT

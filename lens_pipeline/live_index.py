@@ -1,9 +1,13 @@
 """The index as the viewer sees it: index.jsonl followed as it grows (only new lines parsed),
-kept as an immutable snapshot per version with memoised filter results."""
+kept as an immutable snapshot per version with memoised filter results.
+
+The rules are the stages' own: the newest row per output, in the order those rows were appended
+(`index.latest`); the current cache of a (model, prompt) is its newest ok cache row, whatever its
+settings (`index.current_caches`); a figure drawn from another cache than the current one, or
+whose cache is gone, is stale (`figures.stale_rows`), shown so before a figures run records it."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lens_pipeline import index
+from lens_pipeline.figures import stale_rows
 
 
 @dataclass
@@ -21,15 +26,26 @@ class IndexView:
     # Newest row per figure, in index order: the stages write per model, per prompt, layer by layer,
     # so that order already groups them, and keeping it makes a rebuild O(rows) with no sort.
     figures: list[dict[str, Any]]
-    caches: dict[tuple[str, str], dict[str, Any]]  # (model, prompt_hash) -> newest cache row
+    caches: dict[tuple[str, str], dict[str, Any]]  # (model, prompt_hash) -> current cache, else its newest row
+    current: dict[tuple[str, str], dict[str, Any]]  # (model, prompt_hash) -> current cache row (status ok)
+    cache_rows: dict[tuple[str, str], list[dict[str, Any]]]  # every settings' newest row, oldest first
     texts: dict[tuple[str, str], str]  # (model, prompt_hash) -> prompt text, for display and search
     bad_lines: int
+    stale: dict[int, str]  # id() of each ok figure row the figures stage would mark stale now -> why
     _queries: OrderedDict[Any, list[dict[str, Any]]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     summary: dict[str, Any] | None = None  # /api/summary of this version, computed on first request
 
     def text_of(self, row: dict[str, Any]) -> str:
         return self.texts.get((row.get("model", ""), row.get("prompt_hash", "")), "")
+
+    def figure_status(self, row: dict[str, Any]) -> tuple[str, str]:
+        """(status, reason) of a figure row as shown: ok | stale | error | skipped, and why."""
+        status = row.get("status", "ok")
+        if status == "ok":
+            reason = self.stale.get(id(row))  # the rows live as long as this view: ids stay theirs
+            return ("stale", reason) if reason is not None else ("ok", "")
+        return status, str(row.get("reason") or (row.get("error", "") if status == "skipped" else ""))
 
     def memo(self, key: Any, compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """Filter results per query, so scrolling through pages costs a slice, not a scan."""
@@ -91,30 +107,28 @@ class LiveIndex:
         if end == 0:
             return
         self._offset += end
-        # Decode once, split on "\n" only (a JSON string may hold a raw U+2028, which splitlines splits on).
-        for line in chunk[:end].decode("utf-8", errors="replace").split("\n"):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                self._bad_lines += 1
-                continue
-            try:
-                if not isinstance(row, dict) or row.get("kind") not in ("cache", "figure"):
-                    raise TypeError("not an index row")
-                self._rows[index.row_key(row)] = row
-            except TypeError:  # e.g. a list where a layer number belongs: skipped, not fatal
-                self._bad_lines += 1
+
+        def count_bad(message: str) -> None:  # garbage lines are counted and skipped, never fatal
+            self._bad_lines += 1
+
+        # The index's own line rule: JSON objects of kind cache or figure with a hashable key.
+        for row in index._parse_lines(chunk[:end], count_bad, 0):
+            key = index.row_key(row)
+            self._rows.pop(key, None)  # a re-recorded output moves to the end, as in index.latest
+            self._rows[key] = row
         self._version += 1
 
     def _build(self) -> IndexView:
-        caches: dict[tuple[str, str], dict[str, Any]] = {}
-        figures: list[dict[str, Any]] = []
-        for row in self._rows.values():
+        cache_rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        figures: dict[index.Key, dict[str, Any]] = {}
+        for key, row in self._rows.items():
             if row["kind"] == "cache":
-                caches[(row.get("model", ""), row.get("prompt_hash", ""))] = row
+                cache_rows.setdefault((row.get("model", ""), row.get("prompt_hash", "")), []).append(row)
             else:
-                figures.append(row)
+                figures[key] = row
+        current = index.current_caches(row for rows in cache_rows.values() for row in rows)
+        caches = {key: current.get(key, rows[-1]) for key, rows in cache_rows.items()}
         texts = {key: str(row.get("text") or "") for key, row in caches.items()}
-        return IndexView(self._version, figures, caches, texts, self._bad_lines)
+        # The figures stage's own rule, so a row shows stale exactly when the next run would mark it so.
+        stale = {id(figures[index.row_key(row)]): row["reason"] for row in stale_rows(figures, current, set())}
+        return IndexView(self._version, list(figures.values()), caches, current, cache_rows, texts, self._bad_lines, stale)

@@ -2,24 +2,13 @@
 
     python -m lens_pipeline.server --save-path attn_data [--host 127.0.0.1] [--port 8000]
 
-The page (lens_pipeline/static: index.html, app.js, style.css; nothing from the network) browses
-the figure rows of SAVE_PATH/index.jsonl and draws attention heads and token values from the
-exact numbers in the cache files. The index is re-read when it changes (only the appended tail).
+The page (lens_pipeline/static: index.html, style.css and ES modules, app.js first; nothing from
+the network, no build step) browses the figure rows of SAVE_PATH/index.jsonl and draws attention
+heads and token values from the exact numbers in the cache files, with the colours and labels the
+API sends (lens_pipeline/display.py). The index is re-read when it changes (only the appended tail).
 
-API (GET; every answer is JSON; bad parameters give a 4xx with {"error": message}):
-  /api/summary                         models, figure functions, layers, heads, counts
-  /api/figures?model&q&prompt&function&layer&head&scope&status&offset&limit
-                                       one page of figure rows + the total that match
-                                       (status: ok, error, skipped, all; default ok + error)
-  /api/prompts?model&q&offset&limit    one page of cached prompts (cache rows)
-  /api/figure?model&prompt&function&layer&head       one figure row
-  /api/compare?across=models|layers&model&prompt&function&layer&head
-                                       the matching figure rows of other models / layers
-  /api/cache?model&prompt              a cache's metadata, tokens and neuron ids
-  /api/pattern?model&prompt&layer&head one head's attention, [query][key] float32 values
-  /api/tokens?model&prompt&value=resid_norm|top1_prob|logit_lens|neuron&layer&neuron
-                                       one value per token
-  /files/<path>                        a file under the save path (never outside it)
+Routes: /api/... (JSON, read-only; listed with their parameters in lens_pipeline/viewer/api.py),
+/files/<path> (a file under the save path, never outside it), / and /static/... (the page).
 
 Safe by default: binds 127.0.0.1, answers only loopback Host names when bound there (DNS
 rebinding), resolves every file path and refuses what lands outside the save path, and sends a
@@ -41,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lens_pipeline import __version__, index
-from lens_pipeline.viewer_api import ApiError, Params, ViewerApi, resolve_inside
+from lens_pipeline.viewer import ApiError, ViewerApi, resolve_inside
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_PORT = 8000
@@ -206,7 +195,8 @@ def make_server(save_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     if not save_path.is_dir():
         raise FileNotFoundError(f"save path {save_path} does not exist; run python -m lens_pipeline.activations first")
     api = ViewerApi(save_path)
-    api.index.view()  # read the index now, so the first page request does not pay for it
+    api.index.view()  # read the index and build the colour tables now, so the first page request does not pay
+    api.handle("/api/display", "")
     return ViewerServer((host, port), api, log_requests)
 
 
@@ -238,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
               "pass --port 0 for any free port", file=sys.stderr)
         return 2
-    summary = server.api.summary(Params("", ()))
+    summary = server.api.handle("/api/summary", "")
     if server.allowed_hosts is None:
         print(f"warning: listening on {args.host}: anyone who can reach this machine can read {args.save_path}",
               file=sys.stderr)

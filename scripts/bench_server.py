@@ -5,7 +5,8 @@
 Writes a synthetic index (rows in exactly the figures stage's shape, all pointing at one PNG) to a
 temporary save path, starts the viewer on a free port and times, over real HTTP:
   - server start (reading the whole index),
-  - opening the page: index.html + app.js + style.css + /api/summary + the first page of figures,
+  - opening the page: index.html + style.css + every ES module + /api/display + /api/summary + the
+    first page of figures,
   - later pages, a deep page, a filtered and a text-searched query (first call and repeated),
   - following the index: the request after 1,000 rows are appended.
 With --browser, also the time from navigation to the first figure cards in headless Chromium,
@@ -29,15 +30,18 @@ from typing import Any, Callable
 from PIL import Image
 
 from lens_pipeline import index
-from lens_pipeline.server import make_server
+from lens_pipeline.server import STATIC_DIR, make_server
 
 TARGET_OPEN_S = 2.0
 
 
-def synthetic_index(save_path: Path, n_figures: int) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (68, 1, 84)).save(buffer, format="PNG")
-    png = buffer.getvalue()
+def synthetic_index(save_path: Path, n_figures: int, png: bytes | None = None) -> list[dict[str, Any]]:
+    """An index of `n_figures` figure rows (exactly the figures stage's row shape) over 2 x 50 cache
+    rows, every figure pointing at one PNG (`png`, else a 64 x 64 one). Returns the figure rows."""
+    if png is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (68, 1, 84)).save(buffer, format="PNG")
+        png = buffer.getvalue()
     (save_path / "figures").mkdir(parents=True, exist_ok=True)
     (save_path / "figures" / "one.png").write_bytes(png)
     entry = {"path": "figures/one.png", "bytes": len(png), "sha256": index.sha256_bytes(png), "format": "png"}
@@ -54,8 +58,9 @@ def synthetic_index(save_path: Path, n_figures: int) -> None:
         rows.append(index.make_row(
             "figure", model=model, prompt_hash=f"{model[-1]}{p:015d}", function="attention_heatmap", scope="head",
             layer=layer, head=head, path=entry["path"], format="png", files=[entry], bytes=entry["bytes"],
-            sha256=entry["sha256"], params={"cmap": "viridis"}, error=""))
+            sha256=entry["sha256"], params={"cmap": "viridis"}, view="image"))
     index.append_rows(save_path, rows)
+    return rows
 
 
 class Client:
@@ -92,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(server.server_address[1])
 
         def open_page() -> int:
-            for path in ("/", "/static/app.js", "/static/style.css", "/api/summary"):
+            for path in ("/", "/static/style.css", *(f"/static/{m.name}" for m in sorted(STATIC_DIR.glob("*.js"))),
+                         "/api/display", "/api/summary"):
                 client.get(path)
             return json.loads(client.get("/api/figures?offset=0&limit=60"))["total"]
 
-        results["open page: html+js+css+summary+first page (s)"], total = timed(open_page)
+        results["open page: html+css+modules+display+summary+first page (s)"], total = timed(open_page)
         assert total == args.rows, total
         pages = [timed(lambda o=o: client.get(f"/api/figures?offset={o}&limit=60"))[0] for o in range(60, 60 * 21, 60)]
         results["next page, median of 20 (ms)"] = 1000 * statistics.median(pages)
@@ -116,25 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"viewer benchmark: {args.rows:,} figure rows, index.jsonl {size_mb:.0f} MB")
     for name, value in results.items():
         print(f"  {name:<50} {value:10.2f}")
-    opened = results["open page: html+js+css+summary+first page (s)"]
+    opened = results["open page: html+css+modules+display+summary+first page (s)"]
     verdict = "ok" if opened < TARGET_OPEN_S else "SLOWER THAN TARGET"
     print(f"page open over HTTP: {opened:.3f} s (target < {TARGET_OPEN_S} s): {verdict}")
     return 0 if opened < TARGET_OPEN_S else 1
 
 
 def browser_timings(url: str) -> dict[str, float]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from screenshots import chromium  # this script's folder: the same headless Chromium
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = "/usr/bin/chromium"
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                     "--window-size=1400,1000"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+        driver = chromium(1400, 1000, profile)
         try:
             driver.get("about:blank")
             start = time.perf_counter()

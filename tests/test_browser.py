@@ -16,10 +16,21 @@ import numpy as np
 import pytest
 
 from lens_pipeline import cache as cache_mod
-from viewer_data import (
-    MODELS, VIEWER_PROMPTS, XSS_IMG, XSS_SCRIPT, broken_copy, cache_row, latest_rows, running_server,
+from lens_pipeline import colormap, display
+from lens_pipeline.token_values import per_token_values
+from viewer_data import (  # noqa: F401  (fixtures save_path, server)
+    MODELS,
+    VIEWER_PROMPTS,
+    XSS_IMG,
+    XSS_SCRIPT,
+    broken_copy,
+    cache_row,
+    latest_rows,
+    running_server,
+    second_settings_copy,
+    viewer_save_path_fixture,
+    viewer_server_fixture,
 )
-from viewer_data import viewer_save_path_fixture, viewer_server_fixture  # noqa: F401  (fixtures save_path, server)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,18 +56,10 @@ def _require_browser() -> None:
 @pytest.fixture(scope="module")
 def driver():
     _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from screenshots import chromium  # scripts/ is on sys.path (conftest): one set of browser flags
 
     with tempfile.TemporaryDirectory() as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-                     f"--user-data-dir={profile}", "--window-size=1400,1000", "--force-device-scale-factor=1"):
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-        browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        browser = chromium(1400, 1000, profile, log_network=True)
         browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
         try:
             yield browser
@@ -68,9 +71,11 @@ def driver():
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
+    """Until `condition` holds; an element not there yet (IndexError) or replaced by a re-render counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(IndexError, StaleElementReferenceException)).until(condition)
 
 
 def css(driver: Any, selector: str) -> list[Any]:
@@ -96,8 +101,14 @@ def choose(driver: Any, name: str, value: str) -> None:
 
 
 def show_token(token: str) -> str:
-    """What the page shows for a token (mirrors showToken in app.js)."""
-    return token.replace("\n", "↵").replace("\t", "⇥").replace(" ", "·") or "∅"
+    """What the page shows for a token: the server writes it (lens_pipeline.display), the page only shows it."""
+    return display.token_label(token)
+
+
+def css_colour(driver: Any, element: Any, prop: str) -> str:
+    """A computed CSS colour as '#rrggbb'."""
+    value = driver.execute_script(f"return getComputedStyle(arguments[0]).{prop}", element)
+    return "#%02x%02x%02x" % tuple(int(x) for x in value[value.index("(") + 1 : value.index(")")].split(",")[:3])
 
 
 def hover_cell(driver: Any, q: int, k: int) -> Any:
@@ -137,7 +148,8 @@ def test_filters_narrow_the_grid_and_live_in_the_url(driver, server, save_path: 
         == {(MODELS[0], "1", "2")}
     # Every image is lazy and actually loads from the server.
     wait(driver, lambda d: d.execute_script(
-        "return [...document.querySelectorAll('.card img')].every(i => i.loading === 'lazy' && i.complete && i.naturalWidth > 0)"))
+        "return [...document.querySelectorAll('.card img')]"
+        ".every(i => i.loading === 'lazy' && i.complete && i.naturalWidth > 0)"))
 
     shared = driver.current_url  # the view, as a link someone else opens
     assert hash_params(driver) == {"view": "grid", "model": MODELS[0], "function": "attention_heatmap", "layer": "1", "head": "2"}
@@ -232,6 +244,7 @@ def test_token_values_come_from_the_cache(driver, server, save_path: Path) -> No
     with cache_mod.load(save_path / row["path"]) as cache:
         spans = wait(driver, lambda d: (s := css(d, ".tv")) and len(s) == cache.n_tokens and s)
         assert [s.get_attribute("textContent") for s in spans] == [t or "∅" for t in cache.tokens]
+        assert [s.get_attribute("textContent") for s in spans] == [display.token_inline(t) for t in cache.tokens]
         assert [float(s.get_attribute("data-value")) for s in spans] == cache.resid_norms[3].astype(np.float64).tolist()
 
         choose(driver, "value", "neuron")  # the layer stays; the first stored neuron of it is shown
@@ -252,6 +265,105 @@ def test_token_values_come_from_the_cache(driver, server, save_path: Path) -> No
         assert show_token(str(cache.array("logit_lens_strs")[lens_layer, 5])) in css(driver, "#tooltip")[0].text
 
 
+def test_colours_on_the_page_are_the_colormap_tables(driver, server, save_path: Path) -> None:
+    row = cache_row(save_path, MODELS[0], "capital")
+    with cache_mod.load(save_path / row["path"]) as cache:
+        # Tokens: background and text colour of each token, as lens_pipeline.colormap gives them.
+        open_view(driver, server, f"#view=tokens&model={MODELS[0]}&prompt={row['prompt_hash']}&value=top1_prob")
+        spans = wait(driver, lambda d: (s := css(d, ".tv")) and len(s) == cache.n_tokens and s)
+        expected = per_token_values(cache, "top1_prob").colors()
+        assert [css_colour(driver, s, "backgroundColor") for s in spans] == expected
+        assert [css_colour(driver, s, "color") for s in spans] == [colormap.text_color(c) for c in expected]
+        value = float(cache.topk_probs[2, 0])  # one known value, through matplotlib's own viridis
+        import matplotlib
+
+        assert css_colour(driver, spans[2], "backgroundColor") == "#%02x%02x%02x" % tuple(
+            matplotlib.colormaps["viridis"].resampled(256)(value, bytes=True)[:3])
+
+        # The heatmap: each cell's pixel is the attention table's colour of its exact weight.
+        open_view(driver, server, f"#view=head&model={MODELS[0]}&prompt={row['prompt_hash']}&layer=2&head=3")
+        canvas = wait(driver, lambda d: css(d, "canvas.heatmap[data-layer='2'][data-head='3']"))[0]
+        pattern, n = cache.pattern(2, 3), cache.n_tokens
+        cells = [(q, k) for q in range(n) for k in range(n)][:: 7] + [(0, 1)]
+        pixels = driver.execute_script(
+            "const c = arguments[0], d = c.dataset, ctx = c.getContext('2d'), r = devicePixelRatio;"
+            "return arguments[1].map(([q, k]) => Array.from(ctx.getImageData("
+            "Math.floor((+d.originX + (k + 0.5) * +d.cell) * r), Math.floor((+d.originY + (q + 0.5) * +d.cell) * r), 1, 1)"
+            ".data.slice(0, 3)));",
+            canvas, cells)
+        table, bins = colormap.lut(colormap.ATTENTION_CMAP), colormap.to_index(pattern)
+        for (q, k), pixel in zip(cells, pixels):
+            want = colormap.MASKED_COLOR if k > q else "#%02x%02x%02x" % tuple(table[bins[q, k]])
+            assert "#%02x%02x%02x" % tuple(pixel) == want, (q, k, float(pattern[q, k]))
+
+
+@pytest.fixture(scope="module")
+def settings_server(save_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    dest = tmp_path_factory.mktemp("settings_browser") / "data"
+    made = second_settings_copy(save_path, dest)
+    with running_server(dest) as server:
+        yield made, server
+
+
+def test_stale_failed_and_skipped_figures_are_shown_as_such(driver, settings_server) -> None:
+    from selenium.webdriver.common.by import By
+
+    made, server = settings_server
+    old = made["old"]
+    open_view(driver, server, f"#view=grid&model={old['model']}&prompt={old['prompt_hash']}")
+    cards = wait(driver, lambda d: (c := css(d, ".card")) and len(c) == len(made["drawn_from_old"]) and c)
+    for card in cards:
+        assert card.get_attribute("data-status") == "stale"
+        assert css(card, ".stale-badge")[0].text == "stale" and "another cache" in css(card, ".card-reason")[0].text
+    cards[0].click()
+    note = wait(driver, lambda d: css(d, ".stale-note"))[0]
+    assert "Stale" in note.text and "another cache" in note.text
+
+    failed = made["failed"]
+    open_view(driver, server, f"#view=figure&model={failed['model']}&prompt={failed['prompt_hash']}&function=broken_figure")
+    box = wait(driver, lambda d: css(d, ".error-box"))[0]
+    assert "ValueError: boom" in box.text
+    details = css(driver, "details.traceback")[0]
+    trace = details.find_element(By.TAG_NAME, "pre")
+    assert not trace.is_displayed()  # folded until asked for
+    details.find_element(By.TAG_NAME, "summary").click()
+    wait(driver, lambda d: trace.is_displayed())
+    assert trace.get_attribute("textContent") == failed["traceback"]
+
+    skipped = made["skipped"]
+    open_view(driver, server, f"#view=grid&status=skipped&model={skipped['model']}")
+    card = wait(driver, lambda d: [c for c in css(d, ".card") if c.get_attribute("data-function") == "needs_lens"])[0]
+    assert "Skipped" in card.text and "needs the logit lens" in card.text
+    open_view(driver, server, "#view=grid&status=error")
+    card = wait(driver, lambda d: css(d, ".card[data-status='error']"))[0]
+    assert "Figure failed" in card.text and "ValueError: boom" in card.text
+
+
+def test_views_read_the_current_cache_and_show_its_settings(driver, settings_server) -> None:
+    made, server = settings_server
+    old, new = made["old"], made["new"]
+    open_view(driver, server, f"#view=head&model={old['model']}&prompt={old['prompt_hash']}&layer=1&head=0")
+    settings = wait(driver, lambda d: css(d, ".settings"))[0]
+    assert settings.get_attribute("data-settings") == new["settings_id"]
+    for shown in ("top-k 5", "logit lens off", "encoding q12 (max error 1.2e-04)"):
+        assert shown in settings.text
+    link = css(driver, ".other-settings a")[0]
+    assert "top-k 10" in link.text
+    link.click()
+    wait(driver, lambda d: hash_params(d).get("settings") == old["settings_id"])
+    wait(driver, lambda d: css(d, f".settings[data-settings='{old['settings_id']}']"))
+    assert "not the current cache" in css(driver, ".settings")[0].text and "top-k 10" in css(driver, ".settings")[0].text
+
+    open_view(driver, server, f"#view=tokens&model={old['model']}&prompt={old['prompt_hash']}&value=resid_norm&layer=2")
+    spans = wait(driver, lambda d: css(d, ".tv"))
+    with cache_mod.load(server.api.root / new["path"]) as cache:  # the current cache: its norms were doubled
+        assert [float(s.get_attribute("data-value")) for s in spans] == cache.resid_norms[2].astype(np.float64).tolist()
+    assert css(driver, ".settings")[0].get_attribute("data-settings") == new["settings_id"]
+    options = {o.get_attribute("value"): o for o in css(driver, "main select[name='value'] option")}
+    assert options["logit_lens"].get_attribute("disabled") is not None  # made without --logit-lens
+    assert "logit lens" in css(driver, ".unavailable")[0].text
+
+
 def test_knitting_view_shows_chart_pattern_and_downloads(driver, server, save_path: Path) -> None:
     knit = next(r for r in latest_rows(save_path, "figure") if r["function"] == "knitting_pattern" and r["model"] == MODELS[0])
     open_view(driver, server, f"#view=grid&function=knitting_pattern&model={MODELS[0]}")
@@ -259,7 +371,8 @@ def test_knitting_view_shows_chart_pattern_and_downloads(driver, server, save_pa
     [card] = [c for c in css(driver, ".card") if c.get_attribute("data-prompt") == knit["prompt_hash"]]
     card.click()
     wait(driver, lambda d: hash_params(d).get("view") == "knit")
-    wait(driver, lambda d: d.execute_script("const i = document.querySelector('.chart-img'); return i && i.complete && i.naturalWidth > 0"))
+    wait(driver, lambda d: d.execute_script(
+        "const i = document.querySelector('.chart-img'); return i && i.complete && i.naturalWidth > 0"))
     pattern_txt = next(f for f in knit["files"] if f["path"].endswith("pattern.txt"))
     expected_text = (save_path / pattern_txt["path"]).read_text(encoding="utf-8")
     wait(driver, lambda d: css(d, "pre.pattern")[0].get_attribute("textContent") == expected_text)
@@ -282,7 +395,8 @@ def test_side_by_side_across_models_and_layers(driver, server, save_path: Path) 
                               "&function=attention_heatmap&head=2")
     panels = wait(driver, lambda d: (p := css(d, ".panel")) and len(p) == 3 and p)
     assert [p.get_attribute("data-layer") for p in panels] == ["0", "1", "2"]
-    wait(driver, lambda d: d.execute_script("return [...document.querySelectorAll('.panel img')].every(i => i.complete && i.naturalWidth > 0)"))
+    wait(driver, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('.panel img')].every(i => i.complete && i.naturalWidth > 0)"))
 
 
 def test_missing_and_corrupt_files_show_an_error(driver, save_path: Path, tmp_path: Path) -> None:

@@ -15,15 +15,26 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bench_server import synthetic_index  # scripts/ is on sys.path (conftest): one synthetic index for bench and tests
 from PIL import Image
 
 from lens_pipeline import cache as cache_mod
-from lens_pipeline import index
+from lens_pipeline import colormap, display, index
+from lens_pipeline.builtins import tokens as token_figures
 from lens_pipeline.server import STATIC_DIR
-from viewer_data import (
-    MODELS, XSS_IMG, XSS_SCRIPT, broken_copy, cache_row, latest_rows, running_server, synthetic_index,
+from lens_pipeline.token_values import VALUE_KINDS, per_token_values
+from viewer_data import (  # noqa: F401  (fixtures save_path, server)
+    MODELS,
+    XSS_IMG,
+    XSS_SCRIPT,
+    broken_copy,
+    cache_row,
+    latest_rows,
+    running_server,
+    second_settings_copy,
+    viewer_save_path_fixture,
+    viewer_server_fixture,
 )
-from viewer_data import viewer_save_path_fixture, viewer_server_fixture  # noqa: F401  (fixtures save_path, server)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +94,8 @@ def test_cache_info_and_token_values(server, save_path: Path) -> None:
         assert info["tokens"] == cache.tokens and info["n_layers"] == cache.n_layers == 30
         assert info["has_logit_lens"] and info["neuron_ids"] == cache.neuron_ids.tolist()
         # The same prompt cached by the other model, for side-by-side views.
-        assert info["same_text"] == [{"model": MODELS[1], "prompt_hash": cache_row(save_path, MODELS[1], "capital")["prompt_hash"]}]
+        other = cache_row(save_path, MODELS[1], "capital")["prompt_hash"]
+        assert info["same_text"] == [{"model": MODELS[1], "prompt_hash": other}]
 
         norms = ok_json(server, f"/api/tokens?{query}&value=resid_norm&layer=4")
         assert norms["values"] == cache.resid_norms[4].astype(np.float64).tolist()
@@ -95,6 +107,191 @@ def test_cache_info_and_token_values(server, save_path: Path) -> None:
         neuron = int(cache.neuron_ids[7][3])
         acts = ok_json(server, f"/api/tokens?{query}&value=neuron&layer=7&neuron={neuron}")
         assert acts["values"] == cache.neuron_acts[7, 3].astype(np.float64).tolist()
+
+
+# ----------------------------------------------------------------------------- display facts, defined in Python
+
+
+def test_display_facts_are_the_python_tables(server) -> None:
+    facts = ok_json(server, "/api/display")
+    for name in (colormap.ATTENTION_CMAP, colormap.SIGNED_CMAP):
+        assert facts["colormaps"][name] == colormap.lut(name).tolist()  # all 256 entries, exactly
+    assert facts["attention"]["cmap"] == colormap.ATTENTION_CMAP
+    assert "#%02x%02x%02x" % tuple(facts["masked"]) == colormap.MASKED_COLOR
+    assert [k["name"] for k in facts["value_kinds"]] == list(VALUE_KINDS)
+    assert {k["name"]: k["cmap"] for k in facts["value_kinds"]} == {k.name: k.cmap for k in VALUE_KINDS.values()}
+    assert [name for name, _ in facts["figure_statuses"]] == list(display.FIGURE_STATUSES)
+
+
+def test_scripts_hold_no_colour_tables_formulas_or_file_names() -> None:
+    scripts = {path.name: path.read_text(encoding="utf-8") for path in STATIC_DIR.glob("*.js")}
+    assert {"app.js", "util.js", "data.js", "heatmap.js", "grid.js", "head.js", "tokens.js", "compare.js", "knit.js",
+            "figure.js", "figures.js", "prompts.js"} <= set(scripts)
+    for name, text in scripts.items():
+        assert not re.search(r"#[0-9a-fA-F]{3,8}\b", text), name  # no hex colours: tables come from /api/display
+        assert not re.search(r"\[\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*\]", text), name  # no RGB stops
+        assert not re.search(r"rgba?\(\s*\d", text), name
+        assert not re.search(r"0\.299|0\.587|0\.2126|0\.7152|0\.179", text), name  # no text-contrast formula
+        assert not any(symbol in text for symbol in (*display.WHITESPACE.values(), display.BLANK, display.EMPTY)), name
+        assert not re.search(r"chart\.svg|pattern\.(txt|md)|endsWith\(|\\\.\(png|svg", text), name  # no file-name sniffing
+        assert "viridis" not in text.lower() and "blues" not in text.lower(), name
+    html = (STATIC_DIR / "index.html").read_text()
+    assert '<script type="module" src="/static/app.js"></script>' in html
+
+
+def test_token_values_are_one_function_for_figure_and_viewer(server, save_path: Path) -> None:
+    row = cache_row(save_path, MODELS[0], "capital")
+    query = f"model={MODELS[0]}&prompt={row['prompt_hash']}"
+    with cache_mod.load(save_path / row["path"]) as cache:
+        top1 = ok_json(server, f"/api/tokens?{query}&value=top1_prob")
+        expected = per_token_values(cache, "top1_prob")
+        assert top1["colors"] == expected.colors() and top1["cmap"] == VALUE_KINDS["top1_prob"].cmap
+        assert top1["text_colors"] == [colormap.text_color(c) for c in top1["colors"]]
+        # A known value, checked against matplotlib itself: top-1 probability on viridis, 0..1.
+        import matplotlib
+
+        rgb = matplotlib.colormaps["viridis"].resampled(256)(float(cache.topk_probs[3, 0]), bytes=True)[:3]
+        assert top1["colors"][3] == "#%02x%02x%02x" % tuple(rgb)
+        # The token_values figure colours its top-1 row with exactly these colours (no viridis/blues split).
+        page = token_figures.token_values(cache)["html"]
+        figure_colors = re.findall(r'<span class="t" style="background:(#[0-9a-f]{6})', page)[: cache.n_tokens]
+        assert figure_colors == top1["colors"]
+
+        norms = ok_json(server, f"/api/tokens?{query}&value=resid_norm&layer=4&range=all")
+        whole = per_token_values(cache, "resid_norm", 4)
+        assert norms["colors"] == whole.colors() and (norms["vmin"], norms["vmax"]) == (whole.vmin, whole.vmax)
+        skipped = ok_json(server, f"/api/tokens?{query}&value=resid_norm&layer=4")  # default: first token left out of the range
+        rest = cache.resid_norms[4, 1:]
+        assert (skipped["vmin"], skipped["vmax"]) == (float(rest.min()), float(rest.max()))
+        assert skipped["inline"] == [display.token_inline(t) for t in cache.tokens]
+        assert skipped["shown_tokens"] == [display.token_label(t) for t in cache.tokens]
+
+
+def test_a_value_kind_registered_in_python_reaches_the_page(server, save_path: Path) -> None:
+    from lens_pipeline.token_values import Reading, ValueKind, register_value_kind
+
+    kind = register_value_kind(ValueKind(
+        "position", "token position", "index", colormap.ATTENTION_CMAP, ("tokens",),
+        lambda cache, layer, neuron: Reading(np.arange(cache.n_tokens, dtype=np.float32), "position in the prompt", "position")))
+    try:
+        row = cache_row(save_path, MODELS[1], "repeat")
+        query = f"model={MODELS[1]}&prompt={row['prompt_hash']}"
+        assert "position" in [k["name"] for k in ok_json(server, "/api/display")["value_kinds"]]
+        assert {k["name"]: k["reason"] for k in ok_json(server, f"/api/cache?{query}")["value_kinds"]}["position"] == ""
+        got = ok_json(server, f"/api/tokens?{query}&value=position&range=all")
+        assert got["values"] == list(range(len(got["tokens"]))) and got["title"] == "position in the prompt"
+        assert got["colors"][0] == "#%02x%02x%02x" % tuple(colormap.lut(kind.cmap)[0])
+    finally:
+        VALUE_KINDS.pop("position")
+
+
+def test_encoder_without_lm_head_offers_no_next_token_values(server, save_path: Path) -> None:
+    row = cache_row(save_path, MODELS[1], "capital")
+    query = f"model={MODELS[1]}&prompt={row['prompt_hash']}"
+    kinds = {k["name"]: k for k in ok_json(server, f"/api/cache?{query}")["value_kinds"]}
+    assert kinds["resid_norm"]["reason"] == "" and kinds["neuron"]["reason"] == ""
+    for name in ("top1_prob", "logit_lens"):
+        assert "LM head" in kinds[name]["reason"]
+        status, payload = get_json(server, f"/api/tokens?{query}&value={name}&layer=0")
+        assert status == 400 and "LM head" in payload["error"]
+    with cache_mod.load(save_path / row["path"]) as cache:
+        assert [r.kind for r in token_figures.token_rows(cache)][:2] == ["resid_norm", "neuron"]
+        assert "Left out: top-1 next-token probability" in token_figures.token_values(cache)["html"]
+
+
+def test_figure_rows_say_how_they_are_shown(server, save_path: Path) -> None:
+    knit = next(r for r in latest_rows(save_path, "figure") if r["function"] == "knitting_pattern")
+    row = ok_json(server, f"/api/figure?model={knit['model']}&prompt={knit['prompt_hash']}&function=knitting_pattern")
+    assert row["view"] == "knitting" == knit["view"]
+    assert row["main"]["format"] == "svg" and row["main"]["path"].endswith("chart.svg") and row["image"] == row["main"]
+    assert row["pattern"]["path"].endswith("pattern.txt")
+    heat = ok_json(server, "/api/figures?function=attention_heatmap&limit=1")["rows"][0]
+    assert heat["view"] == "image" and heat["image"] == heat["main"] == heat["files"][0] and heat["main"]["format"] == "png"
+
+
+def test_old_rows_without_a_view_get_one(tmp_path: Path) -> None:
+    from lens_pipeline.live_index import LiveIndex
+    from lens_pipeline.viewer.rows import public_row
+
+    view = LiveIndex(tmp_path).view()
+    files = [{"path": f"f/x.{fmt}", "format": fmt} for fmt in ("svg", "md", "txt")]
+    knit = public_row({"kind": "figure", "function": "knitting_pattern", "files": files}, view)
+    assert knit["view"] == "knitting" and knit["main"]["path"] == "f/x.svg" and knit["pattern"]["path"] == "f/x.txt"
+    notes = public_row({"kind": "figure", "function": "not_registered", "files": [{"path": "f/a.md", "bytes": 3}]}, view)
+    assert notes["view"] == "markdown" and notes["main"]["path"] == "f/a.md" and notes["image"] is None
+    mixed = public_row({"kind": "figure", "function": "not_registered", "files": [{"path": "f/a.json"}, {"path": "f/a.png"}]},
+                       view)
+    assert mixed["view"] == "image" and mixed["main"]["path"] == "f/a.png"
+
+
+# ----------------------------------------------------------------------------- current caches and stale figures
+
+
+@pytest.fixture(scope="module")
+def settings_copy(save_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    dest = tmp_path_factory.mktemp("settings") / "data"
+    made = second_settings_copy(save_path, dest)
+    with running_server(dest) as server:
+        yield dest, made, server
+
+
+def test_the_current_cache_is_read_and_its_settings_shown(settings_copy) -> None:
+    dest, made, server = settings_copy
+    old, new = made["old"], made["new"]
+    query = f"model={old['model']}&prompt={old['prompt_hash']}"
+    info = ok_json(server, f"/api/cache?{query}")
+    assert info["settings_id"] == new["settings_id"] != old["settings_id"] and info["is_current"]
+    assert ["top-k", "5"] in info["settings_text"] and ["logit lens", "off"] in info["settings_text"]
+    assert ["encoding", "q12 (max error 1.2e-04)"] in info["settings_text"]
+    assert [o["settings_id"] for o in info["other_settings"]] == [old["settings_id"]]
+    assert not info["has_logit_lens"] and {k["name"]: k["reason"] != "" for k in info["value_kinds"]}["logit_lens"]
+    with cache_mod.load(dest / new["path"]) as cache:
+        norms = ok_json(server, f"/api/tokens?{query}&value=resid_norm&layer=2")
+        assert norms["values"] == cache.resid_norms[2].astype(np.float64).tolist() and norms["settings_id"] == new["settings_id"]
+        assert ok_json(server, f"/api/pattern?{query}&layer=1&head=0")["settings_id"] == new["settings_id"]
+    with cache_mod.load(dest / old["path"]) as cache:  # the other cache, on request
+        norms = ok_json(server, f"/api/tokens?{query}&settings={old['settings_id']}&value=resid_norm&layer=2")
+        assert norms["values"] == cache.resid_norms[2].astype(np.float64).tolist()
+        assert not ok_json(server, f"/api/cache?{query}&settings={old['settings_id']}")["is_current"]
+    status, payload = get_json(server, f"/api/cache?{query}&settings=deadbeef")
+    assert status == 404 and "deadbeef" in payload["error"]
+    listed = [r for r in ok_json(server, f"/api/prompts?model={old['model']}&limit=500")["rows"]
+              if r["prompt_hash"] == old["prompt_hash"]]
+    assert len(listed) == 1 and listed[0]["settings_id"] == new["settings_id"] and listed[0]["n_settings"] == 2
+
+
+def test_figures_of_a_replaced_or_missing_cache_are_stale(settings_copy) -> None:
+    dest, made, server = settings_copy
+    old = made["old"]
+    rows = ok_json(server, f"/api/figures?model={old['model']}&prompt={old['prompt_hash']}&limit=500")["rows"]
+    assert len(rows) == len(made["drawn_from_old"]) > 0
+    assert all(r["status"] == "stale" and "another cache" in r["reason"] for r in rows)
+    stale = ok_json(server, "/api/figures?status=stale&limit=500")
+    marked = [r for r in stale["rows"] if r["function"] == "old_figure"]
+    assert marked and marked[0]["reason"] == made["marked"]["reason"]  # recorded stale by the figures stage
+    orphan = [r for r in stale["rows"] if r["model"] == "gone-model"]
+    assert orphan and "no current cache" in orphan[0]["reason"]  # model scope, its model has no cache left
+    assert stale["total"] == len(rows) + 2 == ok_json(server, "/api/summary")["n_stale"]
+    assert ok_json(server, f"/api/figures?status=ok&model={old['model']}&prompt={old['prompt_hash']}")["total"] == 0
+
+    failed = ok_json(server, f"/api/figure?model={MODELS[1]}&prompt={made['failed']['prompt_hash']}&function=broken_figure")
+    assert failed["status"] == "error" and failed["error"] == "ValueError: boom"
+    assert failed["traceback"] == made["failed"]["traceback"]
+    listed = ok_json(server, "/api/figures?status=error")["rows"]
+    assert [r["function"] for r in listed] == ["broken_figure"] and "traceback" not in listed[0]  # pages stay small
+    skipped = ok_json(server, "/api/figures?status=skipped&function=needs_lens")["rows"]
+    assert skipped[0]["reason"] == "needs the logit lens"
+
+    # The old cache recorded again (a row that differs, so the index keeps it): it is current again,
+    # and the figures drawn from it are no longer stale.
+    index.append_rows(dest, [dict(old, warnings=["recorded again"])])
+    assert ok_json(server, f"/api/cache?model={old['model']}&prompt={old['prompt_hash']}")["settings_id"] == old["settings_id"]
+    again = ok_json(server, f"/api/figures?model={old['model']}&prompt={old['prompt_hash']}&limit=500")["rows"]
+    assert {r["status"] for r in again} == {"ok"}
+    # A cache removed (pruned) with no other left: its figures are stale, "gone".
+    index.append_rows(dest, [dict(made["new"], status="removed", reason="pruned"), dict(old, status="removed", reason="pruned")])
+    gone = ok_json(server, f"/api/figures?model={old['model']}&prompt={old['prompt_hash']}&limit=500")["rows"]
+    assert {r["status"] for r in gone} == {"stale"} and all("gone" in r["reason"] for r in gone)
 
 
 # ----------------------------------------------------------------------------- browsing
@@ -278,7 +475,8 @@ def test_missing_and_corrupt_files_give_clear_errors(save_path: Path, tmp_path: 
     broken = broken_copy(save_path, tmp_path / "broken")
     with running_server(tmp_path / "broken") as server:
         corrupt = broken["corrupt_cache"]
-        status, payload = get_json(server, f"/api/pattern?model={corrupt['model']}&prompt={corrupt['prompt_hash']}&layer=0&head=0")
+        query = f"model={corrupt['model']}&prompt={corrupt['prompt_hash']}"
+        status, payload = get_json(server, f"/api/pattern?{query}&layer=0&head=0")
         assert status == 500 and "corrupt" in payload["error"]
         missing = broken["missing_cache"]
         status, payload = get_json(server, f"/api/cache?model={missing['model']}&prompt={missing['prompt_hash']}")
@@ -320,7 +518,8 @@ def test_index_is_followed_while_serving(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
         assert ok_json(server, "/api/figures")["total"] == 10
         new = dict(ok_json(server, "/api/figures?limit=1")["rows"][0], layer=99, head=0)
-        row = index.make_row("figure", **{k: new[k] for k in ("model", "prompt_hash", "function", "scope", "layer", "head", "path", "format")},
+        keep = ("model", "prompt_hash", "function", "scope", "layer", "head", "path", "format")
+        row = index.make_row("figure", **{k: new[k] for k in keep},
                              files=[{"path": new["path"], "bytes": 1, "format": "png"}])
         line = json.dumps(row) + "\n"
         with open(index.index_path(tmp_path), "a", encoding="utf-8") as handle:

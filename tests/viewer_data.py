@@ -74,6 +74,47 @@ def broken_copy(save_path: Path, dest: Path) -> dict[str, Any]:
     return {"missing_figure": figure, "corrupt_cache": corrupt, "missing_cache": missing}
 
 
+def second_settings_copy(save_path: Path, dest: Path) -> dict[str, Any]:
+    """A copy of the save path where the capital prompt of MODELS[0] also has a cache made with
+    other settings (top-k 5, no logit lens; its residual norms doubled so its values differ),
+    recorded after the first: that one is now current, and the figures drawn from the first are stale.
+    Also recorded: a failed figure (with traceback), a skipped one, one marked stale by the figures
+    stage, and a model-scope figure of a model with no cache left."""
+    from lens_pipeline.cache import CacheContents, ExtractSettings, load, serialize
+
+    shutil.copytree(save_path, dest)
+    old = cache_row(dest, MODELS[0], "capital")
+    with load(dest / old["path"]) as cache:
+        arrays = {name: cache.array(name) for name in cache.names() if not name.startswith("logit_lens")}
+        meta = {k: v for k, v in cache.meta.items() if k not in ("arrays", "schema_version")}
+    settings = ExtractSettings(**dict(meta["settings"], hooks=(), top_k=5, logit_lens=False))
+    arrays.update({name: arrays[name][:, :5] for name in ("topk_ids", "topk_probs", "topk_strs")})
+    arrays["resid_norms"] = arrays["resid_norms"] * 2
+    meta.update(settings=settings.as_dict(), settings_id=settings.settings_id)
+    data = serialize(CacheContents(meta, arrays))
+    path = old["path"].replace(old["settings_id"], settings.settings_id)
+    assert path != old["path"]
+    (dest / path).write_bytes(data)
+    new = dict(old, settings_id=settings.settings_id, params=settings.as_dict(), path=path, bytes=len(data),
+               sha256=index.sha256_bytes(data), created=index.now_iso())
+    png = next(r for r in latest_rows(dest, "figure") if r["format"] == "png")
+    common = dict(model=MODELS[1], prompt_hash=cache_row(dest, MODELS[1], "capital")["prompt_hash"], scope="prompt",
+                  layer=None, head=None, params={}, view="image")
+    failed = index.make_row("figure", function="broken_figure", status="error", error="ValueError: boom",
+                            traceback="Traceback (most recent call last):\n  File \"f.py\", line 1, in f\nValueError: boom",
+                            **common)
+    skipped = index.make_row("figure", function="needs_lens", status="skipped", reason="needs the logit lens", **common)
+    marked = index.make_row("figure", function="old_figure", status="stale", reason="drawn from another cache (test)",
+                            path=png["path"], format="png", files=png["files"], **common)
+    orphan = index.make_row("figure", function="model_summary_copy", model="gone-model", prompt_hash="", scope="model",
+                            layer=None, head=None, params={}, view="image", path=png["path"], format="png", files=png["files"],
+                            cache_sha256="0" * 64)
+    index.append_rows(dest, [new, failed, skipped, marked, orphan])
+    drawn = [r for r in latest_rows(dest, "figure") if r["model"] == MODELS[0] and r["prompt_hash"] == old["prompt_hash"]]
+    return {"old": old, "new": new, "drawn_from_old": drawn, "failed": failed, "skipped": skipped, "marked": marked,
+            "orphan": orphan}
+
+
 @contextlib.contextmanager
 def running_server(save_path: Path) -> Iterator[ViewerServer]:
     """The viewer on a free port of 127.0.0.1, served from a background thread."""
@@ -86,30 +127,6 @@ def running_server(save_path: Path) -> Iterator[ViewerServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def synthetic_index(save_path: Path, n_figures: int, png: bytes) -> list[dict[str, Any]]:
-    """An index of `n_figures` figure rows (exactly the figures stage's row shape) over a few
-    cache rows, every figure pointing at one real PNG. Returns the figure rows written."""
-    models = ("model-a", "model-b")
-    n_prompts, n_layers, n_heads = 50, 25, 40  # 2 x 50 x 25 x 40 = 100,000
-    (save_path / "figures").mkdir(parents=True, exist_ok=True)
-    (save_path / "figures" / "one.png").write_bytes(png)
-    file_entry = {"path": "figures/one.png", "bytes": len(png), "sha256": index.sha256_bytes(png), "format": "png"}
-    caches = [index.make_row("cache", model=m, prompt_hash=f"{m[-1]}{p:015d}", text=f"synthetic prompt {p} of {m}",
-                             n_tokens=8, path=f"caches/{m}/{p}.zip") for m in models for p in range(n_prompts)]
-    figures = []
-    for i in range(n_figures):
-        m, rest = divmod(i, n_prompts * n_layers * n_heads)
-        p, rest = divmod(rest, n_layers * n_heads)
-        layer, head = divmod(rest, n_heads)
-        figures.append(index.make_row(
-            "figure", model=models[m % 2], prompt_hash=f"{models[m % 2][-1]}{p:015d}", function="attention_heatmap",
-            scope="head", layer=layer, head=head, path=file_entry["path"], format="png", files=[file_entry],
-            bytes=file_entry["bytes"], sha256=file_entry["sha256"], params={"cmap": "viridis"}, error=""))
-    index.append_rows(save_path, caches)
-    index.append_rows(save_path, figures)
-    return figures
 
 
 # The `save_path` and `server` fixtures of the modules that test the viewer: each module that

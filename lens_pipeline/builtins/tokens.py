@@ -1,42 +1,24 @@
 """The prompt's tokens coloured by per-token values (top-1 probability, residual norm, stored MLP
 neurons), as self-contained HTML with hover values and as a PNG; and a neuron x token heatmap.
 
-Tokens and prompts are untrusted text: every one is HTML-escaped, and the page has no script
-and loads nothing (inline CSS only).
+The values, their colour ranges and colour maps come from lens_pipeline.token_values, the same
+function the viewer's token view uses. Tokens and prompts are untrusted text: every one is
+HTML-escaped, and the page has no script and loads nothing (inline CSS only).
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from lens_pipeline import colormap
+from lens_pipeline import colormap, display
 from lens_pipeline.builtins.plotting import evenly_spaced, label_ticks, new_figure, title_for, token_label, token_labels
 from lens_pipeline.cache import Cache
 from lens_pipeline.registry import register_figure
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    """One quantity over the prompt's tokens, with the colour scale it is shown on."""
-
-    name: str
-    description: str
-    values: np.ndarray  # [T]
-    vmin: float
-    vmax: float
-    cmap: str
-    hover: list[str] | None = None  # extra hover text per token
-
-
-def _signed_row(name: str, description: str, values: np.ndarray) -> TokenRow:
-    """Diverging colours centred on 0, symmetric, so sign and size both read at a glance."""
-    limit = float(np.abs(values).max()) or 1.0
-    return TokenRow(name, description, values, -limit, limit, colormap.SIGNED_CMAP)
+from lens_pipeline.token_values import VALUE_KINDS, TokenValues, per_token_values, unavailable
 
 
 def chosen_layers(cache: Cache, layers: Sequence[int] | None, default_count: int) -> list[int]:
@@ -49,25 +31,25 @@ def chosen_layers(cache: Cache, layers: Sequence[int] | None, default_count: int
     return list(layers)
 
 
-def token_rows(cache: Cache, layers: Sequence[int] | None = None, neurons_per_layer: int = 3) -> list[TokenRow]:
-    """What `token_values` shows: top-1 probability, final residual norm, a few neurons per layer."""
-    top = cache.topk_probs[:, 0]
-    note = cache.meta.get("note")
-    rows = [
-        TokenRow("top-1 probability", "probability of the model's most likely next token" + (f" ({note})" if note else ""),
-                 top, 0.0, 1.0, "viridis", [f"predicts {str(s)!r}" for s in cache.topk_strs[:, 0]]),
-    ]
-    norms = cache.resid_norms
-    rows.append(TokenRow("residual norm", f"L2 norm of the residual stream after the last layer (L{cache.n_layers - 1})",
-                         norms[-1], float(norms[-1].min()), float(norms[-1].max()), "viridis"))
-    if cache.has("neuron_acts") and neurons_per_layer > 0:
-        acts, ids = cache.neuron_acts, cache.neuron_ids
+def token_rows(cache: Cache, layers: Sequence[int] | None = None, neurons_per_layer: int = 3) -> list[TokenValues]:
+    """What `token_values` shows: top-1 probability (with a trained LM head), the final residual
+    norm, a few neurons per layer; each on its kind's colour map and full range."""
+    rows = []
+    if not unavailable(cache, VALUE_KINDS["top1_prob"]):
+        rows.append(per_token_values(cache, "top1_prob"))
+    rows.append(per_token_values(cache, "resid_norm", cache.n_layers))
+    if not unavailable(cache, VALUE_KINDS["neuron"]) and neurons_per_layer > 0:
+        ids = cache.neuron_ids
         for layer in chosen_layers(cache, layers, default_count=3):
             for slot in range(min(neurons_per_layer, ids.shape[1])):  # stored by variance, largest first
-                rows.append(_signed_row(f"L{layer} N{ids[layer, slot]}",
-                                        f"MLP neuron {ids[layer, slot]} of layer {layer} (post-activation)",
-                                        acts[layer, slot]))
+                rows.append(per_token_values(cache, "neuron", layer, int(ids[layer, slot])))
     return rows
+
+
+def left_out(cache: Cache) -> list[str]:
+    """The values this figure leaves out for `cache`, each with the reason."""
+    return [f"{VALUE_KINDS[name].label}: {reason}" for name in ("top1_prob", "neuron")
+            if (reason := unavailable(cache, VALUE_KINDS[name]))]
 
 
 _STYLE = """
@@ -82,18 +64,12 @@ h1 { font-size: 1.1em; } h2 { font-size: 0.95em; margin: 1.2em 0 0.3em; }
 """
 
 
-def _gradient(row: TokenRow) -> str:
+def _gradient(row: TokenValues) -> str:
     stops = np.linspace(row.vmin, row.vmax, 5)
     return "linear-gradient(to right, " + ", ".join(colormap.hex_colors(stops, row.cmap, row.vmin, row.vmax)) + ")"
 
 
-def _shown(token: str) -> str:
-    """Whitespace-only tokens and line breaks stay visible in the line of tokens."""
-    token = token.replace("\n", "↵").replace("\r", "␍").replace("\t", "⇥")
-    return token if token.strip(" ") else "␣" * max(1, len(token))
-
-
-def token_values_html(cache: Cache, rows: list[TokenRow]) -> str:
+def token_values_html(cache: Cache, rows: list[TokenValues]) -> str:
     """Self-contained page: per row, every token on its colour, exact value on hover (title)."""
     esc = lambda text: html.escape(str(text), quote=True)  # noqa: E731
     tokens = cache.tokens
@@ -103,28 +79,30 @@ def token_values_html(cache: Cache, rows: list[TokenRow]) -> str:
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Token values · {esc(cache.model)} · {esc(cache.prompt_hash)}</h1>",
         f"<p class=\"prompt\">{esc(cache.text)}</p>",
+        *(f"<p class=\"desc\">Left out: {esc(line)}</p>" for line in left_out(cache)),
     ]
     for row in rows:
-        colors = colormap.hex_colors(row.values, row.cmap, row.vmin, row.vmax)
-        parts.append(f"<section><h2>{esc(row.name)}</h2><p class=\"desc\">{esc(row.description)}; "
+        colors = row.colors()
+        parts.append(f"<section><h2>{esc(row.name)}</h2><p class=\"desc\">{esc(row.title)}; "
                      f"{row.vmin:.4g} <span class=\"scale\" style=\"background: {_gradient(row)}\"></span> {row.vmax:.4g}</p>")
-        spans = []
+        spans, label_name = [], VALUE_KINDS[row.kind].label_name
         for i, (token, value, color) in enumerate(zip(tokens, row.values, colors)):
-            hover = f"#{i} {token!r} = {value:.4g}" + (f"; {row.hover[i]}" if row.hover else "")
+            hover = f"#{i} {token!r} = {value:.4g}" + (f"; {label_name} {row.labels[i]!r}" if row.labels else "")
             spans.append(f"<span class=\"t\" style=\"background:{color};color:{colormap.text_color(color)}\" "
-                         f"title=\"{esc(hover)}\">{esc(_shown(token))}</span>")
+                         f"title=\"{esc(hover)}\">{esc(display.token_inline(token))}</span>")
         parts.append("<div class=\"tokens\">" + "".join(spans) + "</div></section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def token_values_figure(cache: Cache, rows: list[TokenRow]) -> Figure:
+def token_values_figure(cache: Cache, rows: list[TokenValues]) -> Figure:
     """The same rows as stacked one-row heatmaps over the tokens, each on its own scale."""
     n = cache.n_tokens
     figure = new_figure(min(40.0, max(6.0, 2.5 + 0.22 * n)), 1.0 + 0.45 * len(rows) + 1.0)
     axes_list = figure.subplots(len(rows), 1, sharex=True, squeeze=False)[:, 0]
     for axes, row in zip(axes_list, rows):
-        image = axes.imshow(row.values[None, :], aspect="auto", cmap=row.cmap, vmin=row.vmin, vmax=row.vmax, interpolation="nearest")
+        image = axes.imshow(row.values[None, :], aspect="auto", cmap=row.cmap, vmin=row.vmin, vmax=row.vmax,
+                            interpolation="nearest")
         axes.set_yticks([0], [token_label(row.name, 40)], fontsize=8)
         figure.colorbar(image, ax=axes, pad=0.01, aspect=6)
     label_ticks(axes_list[-1], "x", token_labels(cache.tokens))
@@ -149,7 +127,8 @@ def neuron_heatmap(cache: Cache, layers: list[int] | None = None) -> Figure:
     axes_list = figure.subplots(len(chosen), 1, sharex=True, squeeze=False)[:, 0]
     for axes, layer in zip(axes_list, chosen):
         limit = float(np.abs(acts[layer]).max()) or 1.0
-        image = axes.imshow(acts[layer], aspect="auto", cmap=colormap.SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+        image = axes.imshow(acts[layer], aspect="auto", cmap=VALUE_KINDS["neuron"].cmap, vmin=-limit, vmax=limit,
+                            interpolation="nearest")
         axes.set_yticks(range(n_neurons), [str(i) for i in ids[layer]], fontsize=5 if n_neurons > 16 else 7)
         axes.set_ylabel(f"layer {layer}\nneuron", fontsize=8)
         figure.colorbar(image, ax=axes, pad=0.01, label="activation")

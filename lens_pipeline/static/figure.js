@@ -1,0 +1,52 @@
+// One figure, shown as its row says (row.view: image, html, markdown, json, text), with its
+// status, files and parameters and ways to compare it.
+import { api } from "./data.js";
+import { figureImage, fileList, staleBadge, statusNote } from "./figures.js";
+import { el, errorBox, hashFor, headLabel, promptTitle } from "./util.js";
+
+// The text of a file the figure wrote, into `box` (a <pre>); JSON is indented.
+export async function loadText(file, box, asJson) {
+  try {
+    const response = await fetch(file.url);
+    if (!response.ok) throw new Error(`${file.path}: HTTP ${response.status}`);
+    const text = await response.text();
+    box.textContent = asJson ? JSON.stringify(JSON.parse(text), null, 1) : text;
+  } catch (error) {
+    box.replaceWith(errorBox(`${file.path} could not be loaded (${error.message})`));
+  }
+}
+
+function shown(row) {
+  if (row.status === "error" || row.status === "skipped") return null;  // statusNote says why
+  if (row.view === "image" || !row.main) return figureImage(row, "large");
+  if (row.view === "html") {
+    // Served with a sandboxing CSP; the frame is sandboxed as well: no script, no navigation.
+    return el("iframe", { class: "figure-html", src: row.main.url, sandbox: "", title: `${row.function} (HTML)`, loading: "lazy" });
+  }
+  const box = el("pre", { class: "figure-text", dataset: { view: row.view }, text: "Loading…" });
+  loadText(row.main, box, row.view === "json");
+  return box;
+}
+
+export async function figure(main, params) {
+  const p = Object.fromEntries(params);
+  const row = await api("figure", { model: p.model, prompt: p.prompt, function: p.function, layer: p.layer, head: p.head });
+  const base = { model: row.model, prompt: row.prompt_hash, function: row.function, layer: row.layer, head: row.head };
+  const actions = el("div", { class: "actions" },
+    el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "models" }, base)), text: "Compare across models" }),
+    row.layer !== null ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "layers" }, base)), text: "Compare across layers" }) : null,
+    row.layer !== null && row.head !== null && row.prompt_hash ?
+      el("a", { class: "button secondary", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: row.layer, head: row.head }), text: "Interactive head" }) : null,
+    row.prompt_hash ? el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash, layer: row.layer ?? 0 }), text: "Token values" }) : null);
+  main.replaceChildren(el("div", { class: "page", dataset: { status: row.status } },
+    el("h1", {}, row.function, " ", el("span", { class: "badge", text: headLabel(row) || row.scope }), staleBadge(row)),
+    el("p", { class: "muted", text: row.model }),
+    row.prompt_hash ? promptTitle(row.text, row.prompt_hash) : null,
+    statusNote(row),
+    actions,
+    shown(row),
+    row.files.length ? [el("h2", { text: "Files" }), fileList(row)] : null,
+    el("h2", { text: "Parameters" }),
+    el("pre", { class: "params", text: JSON.stringify(row.params, null, 1) + `\ncreated ${row.created}` +
+      (row.cache_path ? `\ndrawn from ${row.cache_path}` : "") })));
+}

@@ -1,0 +1,58 @@
+"""The viewer's JSON API: routes to the endpoints that browse the index and those that read caches.
+
+GET only; every answer is JSON; bad parameters give a 4xx with {"error": message}.
+  /api/display                         display facts, sent once: colour tables, value kinds, labels
+  /api/summary                         models, figure functions, layers, heads, counts
+  /api/figures?model&q&prompt&function&layer&head&scope&status&offset&limit
+                                       one page of figure rows + the total that match (status:
+                                       shown (default: all but skipped), ok, stale, error, skipped, all)
+  /api/prompts?model&q&offset&limit    one page of cached prompts (their current caches)
+  /api/figure?model&prompt&function&layer&head       one figure row, with its traceback if it failed
+  /api/compare?across=models|layers&model&prompt&function&layer&head
+                                       the matching figure rows of other models / layers
+  /api/cache?model&prompt[&settings]   a cache's metadata, settings, tokens, the values it offers
+  /api/pattern?model&prompt[&settings]&layer&head    one head's attention, [query][key] float32 values
+  /api/tokens?model&prompt[&settings]&value&layer&neuron&range
+                                       one value per token with its colour (token_values.VALUE_KINDS)
+A cache is the current one of (model, prompt) unless `settings` names another settings id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from lens_pipeline import display
+from lens_pipeline.live_index import LiveIndex
+from lens_pipeline.viewer.browse import Browse
+from lens_pipeline.viewer.caches import CacheReader
+from lens_pipeline.viewer.params import ApiError, Params
+
+CACHE = ("model", "prompt", "settings")  # a cache: the current one of (model, prompt), or by settings id
+
+
+class ViewerApi:
+    """Every endpoint is a pure function of (save path, index view, query string); see ROUTES."""
+
+    def __init__(self, save_path: Path):
+        self.root = save_path.resolve()
+        self.index = LiveIndex(self.root)
+        browse, reader = Browse(self.root, self.index), CacheReader(self.root, self.index)
+        self.routes: dict[str, tuple[Callable[[Params], Any], tuple[str, ...]]] = {
+            "/api/display": (lambda params: display.facts(), ()),
+            "/api/summary": (browse.summary, ()),
+            "/api/figures": (browse.figures, ("model", "q", "prompt", "function", "layer", "head", "scope", "status",
+                                              "offset", "limit")),
+            "/api/prompts": (browse.prompts, ("model", "q", "offset", "limit")),
+            "/api/figure": (browse.figure, ("model", "prompt", "function", "layer", "head")),
+            "/api/compare": (browse.compare, ("across", "model", "prompt", "function", "layer", "head")),
+            "/api/cache": (reader.cache_info, CACHE),
+            "/api/pattern": (reader.pattern, (*CACHE, "layer", "head")),
+            "/api/tokens": (reader.token_values, (*CACHE, "value", "layer", "neuron", "range")),
+        }
+
+    def handle(self, route: str, query: str) -> Any:
+        if route not in self.routes:
+            raise ApiError(404, f"no API endpoint {route}; endpoints: {', '.join(self.routes)}")
+        endpoint, allowed = self.routes[route]
+        return endpoint(Params(query, allowed))
