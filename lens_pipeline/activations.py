@@ -273,7 +273,11 @@ class CacheWriter:
                 self.in_flight.pop(0)
         finally:
             if done:
-                self.record(done)
+                try:
+                    self.record(done)
+                except OSError:  # disk full: caches the index does not record must not stay
+                    index.discard_unrecorded(self.save_path, done)
+                    raise
                 self.written += len(done)
 
     def close(self) -> None:
@@ -281,6 +285,10 @@ class CacheWriter:
             future.cancel()
         self.compress_pool.shutdown(wait=True)
         self.disk.shutdown(wait=True)
+        # Writes that landed after the failure were never recorded: their files go too.
+        late = [f.result() for f in self.in_flight if not f.cancelled() and f.exception() is None]
+        if late:
+            index.discard_unrecorded(self.save_path, late)
 
 
 def run_prompts(

@@ -235,7 +235,8 @@ def render(obj: Any, fmt: str) -> bytes:
 
         # No creation dates or random ids in the file: the same figure gives the same bytes.
         metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
-        obj.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight", metadata=metadata)
+        with plt.rc_context({"svg.hashsalt": "lens_pipeline"}):  # else SVG ids are salted with a random uuid
+            obj.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight", metadata=metadata)
         plt.close(obj)
         return buffer.getvalue()
     if hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
@@ -287,13 +288,13 @@ def draw(
         cache_path=source.cache_path, code_sha256=spec.code_sha256, view=spec.view,
     )
     started = time.perf_counter()
+    files: list[dict[str, Any]] = []
     try:
         missing = target.missing(spec.needs) if spec.needs and hasattr(target, "missing") else []
         if missing:
             raise SkipFigure("; ".join(missing))
         outputs = _outputs(spec, _call(spec, target, task, params))
         paths = figure_paths(spec, source.model, source.prompt_hash, task, outputs)
-        files = []
         for key, obj in outputs.items():
             fmt = key.rsplit(".", 1)[-1]
             data = render(obj, fmt)
@@ -303,7 +304,10 @@ def draw(
         remove_other_outputs(save_path, spec, source.model, source.prompt_hash, task, keep=())
         return index.make_row("figure", status="skipped", reason=str(reason), **row)
     except Exception as error:  # a broken figure is recorded and retried next run; the others go on
-        if raise_errors or isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        if isinstance(error, OSError) and error.errno in DISK_ERRNOS:  # no row: none of its new files stay
+            index.discard_unrecorded(save_path, [dict(row, kind="figure", status="ok", files=files)])
+            raise
+        if raise_errors:
             raise
         return index.make_row("figure", status="error", error=f"{type(error).__name__}: {error}",
                               traceback=traceback.format_exc(), **row)
@@ -332,8 +336,15 @@ Jobs = list[tuple[Task, dict[str, Any]]]
 def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_errors: bool = False) -> list[dict[str, Any]]:
     """Worker: open one cache once and draw all of its figures, layer by layer."""
     source = DrawInput(cache_row["model"], cache_row["prompt_hash"], cache_row.get("sha256"), cache_row["path"])
+    path = save_path / cache_row["path"]
     try:
-        cache = Cache(save_path / cache_row["path"])
+        try:  # the bytes the index records, or no figure: a flipped byte keeps the size
+            if source.cache_sha256 and index.sha256_file(path) != source.cache_sha256:
+                raise CacheError(f"{path}: does not match its recorded sha256 (corrupt or changed); "
+                                 f"rerun the activations stage")
+        except OSError as error:
+            raise CacheError(f"{path}: cannot read it ({error.strerror or error})") from None
+        cache = Cache(path)
     except CacheError as error:
         if raise_errors:
             raise
@@ -345,8 +356,16 @@ def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_e
                            status="error", error=str(error))
             for task, params in jobs
         ]
+    rows: list[dict[str, Any]] = []
     with cache:
-        return [draw(REGISTRY[task.function], cache, task, params, save_path, source, raise_errors) for task, params in jobs]
+        try:
+            for task, params in jobs:
+                rows.append(draw(REGISTRY[task.function], cache, task, params, save_path, source, raise_errors))
+        except OSError as error:  # disk full: these rows never reach the index, so their files go
+            if error.errno in DISK_ERRNOS:
+                index.discard_unrecorded(save_path, rows)
+            raise
+    return rows
 
 
 def _one_blas_thread() -> None:
@@ -396,31 +415,39 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
                  newest: dict[index.Key, dict[str, Any]]) -> FigurePlan:
     """Decide what to draw from the index (and each cache's meta.json); draws and writes nothing."""
     plan = FigurePlan()
-    present = {key: row for key, row in index.current_caches(newest.values()).items() if index.is_complete(row, save_path)}
-    caches = [
-        row for row in present.values()
-        if (not settings.models or row["model"] in settings.models)
-        and (not settings.prompts or any(row["prompt_hash"].startswith(p) for p in settings.prompts))
-    ]
+    current = index.current_caches(newest.values())
+    present = {key: row for key, row in current.items() if index.is_complete(row, save_path)}
+    selected = lambda row: ((not settings.models or row["model"] in settings.models)  # noqa: E731
+                            and (not settings.prompts or any(row["prompt_hash"].startswith(p) for p in settings.prompts)))
+    caches = [row for row in present.values() if selected(row)]
+    # A cache file that is there but of another size (truncated): its figures are recorded as errors naming it.
+    damaged = [row for key, row in current.items() if key not in present and selected(row)
+               and (save_path / row["path"]).is_file()]
     figures = {key: row for key, row in newest.items() if row["kind"] == "figure"}
     planned: set[index.Key] = set()
     per_prompt = [s for s in specs if s.scope != "model"]
-    for cache_row in caches if per_prompt else []:
+    shapes: dict[str, Any] = {}  # cache path -> its meta (layers, heads); read from the file only
+    for cache_row in caches + damaged if per_prompt else []:
         try:
             with Cache(save_path / cache_row["path"]) as cache:  # reads only meta.json
-                jobs = []
-                for spec in per_prompt:
-                    params = effective_params(spec, settings.params)
-                    for task in _tasks_for(spec, cache, settings.layers, settings.heads):
-                        key = ("figure", cache.model, cache.prompt_hash, task.function, task.layer, task.head, "")
-                        if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path):
-                            plan.up_to_date += 1
-                        else:
-                            jobs.append((task, params))
-                            planned.add(key)
+                shapes[cache_row["path"]] = cache
         except CacheError:
-            jobs = [(Task(spec.name), effective_params(spec, settings.params)) for spec in per_prompt]
             plan.unreadable.append(cache_row)
+    by_model = {row["model"]: shapes[row["path"]] for row in caches + damaged if row["path"] in shapes}
+    for cache_row in caches + damaged if per_prompt else []:
+        # An unreadable cache gets its model's layers and heads, so its error rows have the keys
+        # the figures will have once it is recomputed (and are replaced by them).
+        shape = shapes.get(cache_row["path"]) or by_model.get(cache_row["model"])
+        jobs = []
+        for spec in per_prompt:
+            params = effective_params(spec, settings.params)
+            for task in _tasks_for(spec, shape, settings.layers, settings.heads) if shape else [Task(spec.name)]:
+                key = ("figure", cache_row["model"], cache_row["prompt_hash"], task.function, task.layer, task.head, "")
+                if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path):
+                    plan.up_to_date += 1
+                else:
+                    jobs.append((task, params))
+                    planned.add(key)
         if jobs:
             plan.prompts.append((cache_row, jobs))
     for model in sorted({row["model"] for row in caches}):
@@ -494,7 +521,11 @@ class Recorder:
         return where
 
     def __call__(self, rows: list[dict[str, Any]]) -> None:
-        index.append_rows(self.save_path, rows)
+        try:
+            index.append_rows(self.save_path, rows)
+        except index.IndexWriteError:  # disk full: no file may outlive the row that failed to land
+            index.discard_unrecorded(self.save_path, rows)
+            raise
         self.summary.rows.extend(rows)
         for row in rows:
             if row["status"] == "error":

@@ -218,6 +218,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def discard_unrecorded(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """After a failed write or append (disk full): remove the files of these ok rows that the index
+    does not vouch for, so no file outlives its row. A file the newest recorded row of its output
+    names with the same sha256 (the same bytes, rewritten) stays."""
+    newest = latest(read_rows(save_path, warn=lambda message: None))
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        recorded = newest.get(row_key(row))
+        vouched = set()
+        if recorded is not None and recorded.get("status") == "ok":
+            vouched = {(entry["path"], entry.get("sha256")) for entry in recorded.get("files") or [recorded]}
+        for entry in row["files"] if "files" in row else [row]:
+            if (entry["path"], entry.get("sha256")) not in vouched:
+                try:
+                    (Path(save_path) / entry["path"]).unlink(missing_ok=True)
+                except OSError:  # best effort (a read-only folder): the error being raised matters more
+                    pass
+
+
 def is_complete(row: dict[str, Any] | None, save_path: str | os.PathLike[str], verify: bool = False) -> bool:
     """Recorded ok, and every file it names is still there with the recorded size (and, with
     `verify`, the recorded sha256: a flipped byte keeps the size)."""
