@@ -68,7 +68,8 @@ def synthetic_caches(folder: Path, n_prompts: int, n_tokens: int, n_layers: int,
         arrays["neuron_acts"] = rng.normal(size=(n_layers, 32, n_tokens)).astype(np.float16)
         meta = {"model": "synthetic", "model_id": "synthetic", "family": "llama", "causal": True,
                 "n_layers": n_layers, "n_heads": n_heads, "d_model": 576, "pattern_encoding": DEFAULT_PATTERN_ENCODING,
-                "pattern_max_error": PATTERN_MAX_ERROR[DEFAULT_PATTERN_ENCODING], "settings": {}, "prompt_hash": hash_, "text": text, "n_tokens": n_tokens}
+                "pattern_max_error": PATTERN_MAX_ERROR[DEFAULT_PATTERN_ENCODING], "settings": {}, "prompt_hash": hash_,
+                "text": text, "n_tokens": n_tokens}
         data = serialize(CacheContents(meta, arrays))
         relpath = f"caches/synthetic/{hash_}.zip"
         write_atomic(folder / relpath, data)

@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         assert total == args.rows, total
         pages = [timed(lambda o=o: client.get(f"/api/figures?offset={o}&limit=60"))[0] for o in range(60, 60 * 21, 60)]
         results["next page, median of 20 (ms)"] = 1000 * statistics.median(pages)
-        results["deep page offset=rows-60 (ms)"] = 1000 * timed(lambda: client.get(f"/api/figures?offset={args.rows - 60}&limit=60"))[0]
-        results["filter model+layer+head, first (ms)"] = 1000 * timed(lambda: client.get("/api/figures?model=model-b&layer=3&head=7"))[0]
-        results["filter model+layer+head, repeated (ms)"] = 1000 * timed(lambda: client.get("/api/figures?model=model-b&layer=3&head=7&offset=0"))[0]
+        deep, filtered = f"/api/figures?offset={args.rows - 60}&limit=60", "/api/figures?model=model-b&layer=3&head=7"
+        results["deep page offset=rows-60 (ms)"] = 1000 * timed(lambda: client.get(deep))[0]
+        results["filter model+layer+head, first (ms)"] = 1000 * timed(lambda: client.get(filtered))[0]
+        results["filter model+layer+head, repeated (ms)"] = 1000 * timed(lambda: client.get(filtered + "&offset=0"))[0]
         results["prompt text search, first (ms)"] = 1000 * timed(lambda: client.get("/api/figures?q=prompt+17+of"))[0]
         results["figure PNG (ms)"] = 1000 * timed(lambda: client.get("/files/figures/one.png"))[0]
         synthetic_more = [dict(json.loads(client.get("/api/figures?limit=1"))["rows"][0], kind="figure", layer=100 + i)
