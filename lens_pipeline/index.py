@@ -111,7 +111,7 @@ class _Tail:
         handle.seek(self.offset)
         chunk = handle.read(stat.st_size - self.offset)
         self.offset = stat.st_size
-        for row in _parse_lines(chunk, None, 0):
+        for row in parse_lines(chunk, None, 0):
             self.newest[row_key(row)] = row
 
 
@@ -156,7 +156,7 @@ def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]
         raise IndexWriteError(error.errno, f"cannot append to {path}: {error.strerror or error}") from error
 
 
-def _parse_lines(chunk: bytes, warn: Any, first_line: int) -> Iterator[dict[str, Any]]:
+def parse_lines(chunk: bytes, warn: Any, first_line: int) -> Iterator[dict[str, Any]]:
     """Rows of a run of complete lines; a line that is not a row is reported to `warn`."""
     for number, line in enumerate(chunk.split(b"\n"), start=first_line):
         if not line.strip():
@@ -187,7 +187,7 @@ def read_rows(save_path: str | os.PathLike[str], warn: Any = None) -> list[dict[
         warn = lambda message: print(f"warning: {path.parent}/{message}", file=sys.stderr)  # noqa: E731
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1  # past the last newline: a row still being written
-    return list(_parse_lines(data[:end], warn, 1))
+    return list(parse_lines(data[:end], warn, 1))
 
 
 def latest(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:

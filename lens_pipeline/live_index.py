@@ -112,7 +112,7 @@ class LiveIndex:
             self._bad_lines += 1
 
         # The index's own line rule: JSON objects of kind cache or figure with a hashable key.
-        for row in index._parse_lines(chunk[:end], count_bad, 0):
+        for row in index.parse_lines(chunk[:end], count_bad, 0):
             key = index.row_key(row)
             self._rows.pop(key, None)  # a re-recorded output moves to the end, as in index.latest
             self._rows[key] = row

@@ -14,7 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-VISIBLE_WHITESPACE = {"\n": "↵", "\r": "␍", "\t": "⇥"}
+from lens_pipeline import display
+
 MISSING_GLYPH = "□"
 
 
@@ -36,10 +37,7 @@ def _font_charmap() -> frozenset[int]:
 def token_label(token: str, max_chars: int = 16) -> str:
     """A token as matplotlib should draw it, literally: whitespace made visible, '$' escaped (it
     would start mathtext), characters the font lacks replaced by □, long tokens shortened."""
-    if token and not token.strip(" "):
-        token = "␣" * len(token)  # a bare space would be an invisible label
-    for raw, shown in VISIBLE_WHITESPACE.items():
-        token = token.replace(raw, shown)
+    token = display.token_inline(token)  # the viewer's whitespace rule: a bare space would be invisible
     charmap = _font_charmap()
     token = "".join(c if ord(c) in charmap else MISSING_GLYPH for c in token)
     if len(token) > max_chars:
