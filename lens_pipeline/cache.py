@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -309,6 +310,21 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.model!r}, {self.prompt_hash}, {self.n_tokens} tokens)"
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """TransformerLens-style names where one applies: `cache["blocks.18.attn.hook_pattern"]` is
+        layer 18's [head, query, key] pattern, a stored hook by its own name (`--hooks`), else an array
+        by its cache name (`cache["resid_norms"]`)."""
+        match = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_pattern", name)
+        if match:
+            return self.layer_patterns(int(match.group(1)))
+        if self.has(f"hooks/{name}"):
+            return self.array(f"hooks/{name}").astype(np.float32)
+        if name in self.meta["arrays"]:
+            return self.array(name)
+        hooks = [m.split("/", 1)[1] for m in self.meta["arrays"] if m.startswith("hooks/")]
+        raise KeyError(f"{self.path.name} has no {name!r}: it has blocks.L.attn.hook_pattern for L in 0..{self.n_layers - 1}"
+                       f"{', the hooks ' + ', '.join(hooks) if hooks else ''} and the arrays {self.names()}")
 
     def close(self) -> None:
         self._zip.close()

@@ -26,6 +26,10 @@ import difflib
 import errno
 import fnmatch
 import functools
+import html
+import importlib
+import importlib.util
+import inspect
 import io
 import json
 import multiprocessing
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from lens_pipeline import index
 from lens_pipeline.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
@@ -73,8 +77,10 @@ class FiguresSettings:
     ray: str | None = None
     force: bool = False
     raise_errors: bool = False  # stop at the first error and re-raise it (drawn in this process)
+    image_formats: tuple[str, ...] = ()  # e.g. ("svg", "pdf"): matplotlib figures written in these instead
     progress: bool = True
-    display: bool = False
+    display: bool = False  # in Jupyter: show this call's figures (drawn now or already done), captioned
+    display_limit: int | None = 12
 
     @classmethod
     def build(cls, **options: Any) -> "FiguresSettings":
@@ -83,7 +89,7 @@ class FiguresSettings:
         unknown = set(options) - known
         if unknown:
             raise TypeError(f"unknown figures option(s) {sorted(unknown)}; known: {sorted(known)}")
-        for name in ("figures", "models", "prompts"):
+        for name in ("figures", "models", "prompts", "image_formats"):
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
             else:
@@ -98,17 +104,72 @@ class FiguresSettings:
 
 @dataclass
 class FiguresSummary:
+    """What a figures run did; `rows` are the rows it wrote, `current` the up-to-date rows it kept."""
+
     written: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already up to date
     failed: int = 0
     stale: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    current: list[dict[str, Any]] = field(default_factory=list, repr=False)
     seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        errors = [row for row in self.rows if row["status"] == "error"]
+        text = (f"FiguresSummary({self.written} written, {self.skipped} already up to date, {self.failed} failed, "
+                f"{self.stale} marked stale; {self.seconds:.1f} s)")
+        for row in errors[:3]:
+            text += f"\n  error: {row['function']} on {row.get('prompt_hash', '')[:8]}: {row['error']}"
+        return text + (f"\n  ... and {len(errors) - 3} more errors (see .rows)" if len(errors) > 3 else "")
 
 
 def load_builtins() -> None:
     """Register the built-in figures (the same decorator a user's functions use)."""
     import lens_pipeline.builtins  # noqa: F401  (importing registers them)
+
+
+def import_figures(name: str) -> None:
+    """Register a user's figures for a run from the shell: a Python file's path or a module name."""
+    path = Path(name)
+    try:
+        if name.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise FigureParamError(f"--import {name}: no such file")
+            module_name = f"lens_user_figures.{path.stem}"  # a real module: its file hashes into the figures' identity
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            importlib.import_module(name)
+    except FigureParamError:
+        raise
+    except ImportError as error:
+        raise FigureParamError(f"--import {name}: {error}") from None
+    except Exception as error:  # the user's module failed while loading: say where, in one line
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        raise FigureParamError(f"--import {name}: {type(error).__name__}: {error} ({where.filename}:{where.lineno})") from None
+
+
+def _option_type(spec: FigureSpec, option: str) -> str:
+    """The option's annotation as written (e.g. "int | None"), else its default's type."""
+    annotation = inspect.signature(spec.func).parameters[option].annotation
+    if annotation is inspect.Parameter.empty:
+        default = spec.params[option]
+        return "any" if default is None else type(default).__name__
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def describe_figure(spec: FigureSpec) -> str:
+    """A figure as --list shows it: name, scope, formats, what it draws, then each option."""
+    optional = "  (only when named with --figures)" if not spec.default else ""
+    lines = [f"{spec.name}  [{spec.scope}; {','.join(spec.formats)}]  {spec.description}{optional}"]
+    if spec.needs:
+        lines.append(f"    needs: {', '.join(spec.needs)}")
+    for option, default in spec.params.items():
+        kind = _option_type(spec, option)
+        lines.append(f"    --param {spec.name}.{option}=…  ({kind}, default {json.dumps(default)})")
+    return "\n".join(lines)
 
 
 def _close_names(name: str, known: Iterable[str]) -> str:
@@ -221,8 +282,18 @@ def remove_other_outputs(
         own.rmdir()
 
 
-def render(obj: Any, fmt: str) -> bytes:
-    """A figure function's return value -> file bytes in `fmt`."""
+def close_figures(objects: Iterable[Any]) -> None:
+    """Free the matplotlib figures among a figure function's outputs."""
+    import matplotlib.pyplot as plt
+
+    for obj in objects:
+        if hasattr(obj, "savefig"):
+            plt.close(obj)
+
+
+def render(obj: Any, fmt: str, close: bool = True) -> bytes:
+    """A figure function's return value -> file bytes in `fmt` (a matplotlib figure is closed
+    afterwards unless `close` is False)."""
     if isinstance(obj, bytes):
         return obj
     if isinstance(obj, str):
@@ -237,7 +308,8 @@ def render(obj: Any, fmt: str) -> bytes:
         metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
         with plt.rc_context({"svg.hashsalt": "lens_pipeline"}):  # else SVG ids are salted with a random uuid
             obj.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight", metadata=metadata)
-        plt.close(obj)
+        if close:
+            plt.close(obj)
         return buffer.getvalue()
     if hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
         options = {"compress_level": 1} if fmt == "png" else {}  # speed over a few % of bytes
@@ -276,9 +348,25 @@ class DrawInput:
     cache_path: str | None
 
 
+@dataclass(frozen=True)
+class DrawOptions:
+    """How every figure of a run is drawn (travels to worker processes)."""
+
+    raise_errors: bool = False
+    image_formats: tuple[str, ...] = ()  # matplotlib figures written in these formats instead of their own
+
+
+def _with_image_formats(outputs: dict[str, Any], image_formats: tuple[str, ...]) -> dict[str, Any]:
+    """A lone matplotlib figure, in the asked formats (vector: text as paths in SVG, fonts embedded in PDF)."""
+    if not image_formats or len(outputs) != 1:
+        return outputs
+    figure = next(iter(outputs.values()))
+    return {fmt: figure for fmt in image_formats} if hasattr(figure, "savefig") else outputs
+
+
 def draw(
     spec: FigureSpec, target: Any, task: Task, params: dict[str, Any], save_path: Path, source: DrawInput,
-    raise_errors: bool = False,
+    options: DrawOptions = DrawOptions(),
 ) -> dict[str, Any]:
     """Run one figure function, write its files, and return its index row (ok, skipped or error).
     Its folder then holds exactly the files of this row."""
@@ -287,19 +375,22 @@ def draw(
         layer=task.layer, head=task.head, params=params, cache_sha256=source.cache_sha256,
         cache_path=source.cache_path, code_sha256=spec.code_sha256, view=spec.view,
     )
+    if options.image_formats:
+        row["image_formats"] = list(options.image_formats)
     started = time.perf_counter()
     files: list[dict[str, Any]] = []
     try:
         missing = target.missing(spec.needs) if spec.needs and hasattr(target, "missing") else []
         if missing:
             raise SkipFigure("; ".join(missing))
-        outputs = _outputs(spec, _call(spec, target, task, params))
+        outputs = _with_image_formats(_outputs(spec, _call(spec, target, task, params)), options.image_formats)
         paths = figure_paths(spec, source.model, source.prompt_hash, task, outputs)
         for key, obj in outputs.items():
             fmt = key.rsplit(".", 1)[-1]
-            data = render(obj, fmt)
+            data = render(obj, fmt, close=False)  # one figure may be written in several formats
             write_atomic(save_path / paths[key], data, durable=False)
             files.append({"path": paths[key], "format": fmt, "bytes": len(data), "sha256": index.sha256_bytes(data)})
+        close_figures(outputs.values())
     except SkipFigure as reason:
         remove_other_outputs(save_path, spec, source.model, source.prompt_hash, task, keep=())
         return index.make_row("figure", status="skipped", reason=str(reason), **row)
@@ -307,7 +398,7 @@ def draw(
         if isinstance(error, OSError) and error.errno in DISK_ERRNOS:  # no row: none of its new files stay
             index.discard_unrecorded(save_path, [dict(row, kind="figure", status="ok", files=files)])
             raise
-        if raise_errors:
+        if options.raise_errors:
             raise
         return index.make_row("figure", status="error", error=f"{type(error).__name__}: {error}",
                               traceback=traceback.format_exc(), **row)
@@ -333,7 +424,7 @@ def _tasks_for(spec: FigureSpec, cache: Cache, layers: frozenset[int] | None, he
 Jobs = list[tuple[Task, dict[str, Any]]]
 
 
-def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_errors: bool = False) -> list[dict[str, Any]]:
+def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, options: DrawOptions) -> list[dict[str, Any]]:
     """Worker: open one cache once and draw all of its figures, layer by layer."""
     source = DrawInput(cache_row["model"], cache_row["prompt_hash"], cache_row.get("sha256"), cache_row["path"])
     path = save_path / cache_row["path"]
@@ -346,7 +437,7 @@ def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_e
             raise CacheError(f"{path}: cannot read it ({error.strerror or error})") from None
         cache = Cache(path)
     except CacheError as error:
-        if raise_errors:
+        if options.raise_errors:
             raise
         return [
             index.make_row("figure", model=source.model, prompt_hash=source.prompt_hash, function=task.function,
@@ -360,7 +451,7 @@ def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, raise_e
     with cache:
         try:
             for task, params in jobs:
-                rows.append(draw(REGISTRY[task.function], cache, task, params, save_path, source, raise_errors))
+                rows.append(draw(REGISTRY[task.function], cache, task, params, save_path, source, options))
         except OSError as error:  # disk full: these rows never reach the index, so their files go
             if error.errno in DISK_ERRNOS:
                 index.discard_unrecorded(save_path, rows)
@@ -387,7 +478,7 @@ class FigurePlan:
     prompts: list[tuple[dict[str, Any], Jobs]] = field(default_factory=list)
     models: list[tuple[str, list[dict[str, Any]], str, list[tuple[FigureSpec, dict[str, Any]]]]] = field(default_factory=list)
     stale: list[dict[str, Any]] = field(default_factory=list)
-    up_to_date: int = 0
+    up_to_date: list[dict[str, Any]] = field(default_factory=list)  # recorded rows that need no redraw
     unreadable: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -397,11 +488,14 @@ class FigurePlan:
 
 def is_current(
     row: dict[str, Any] | None, spec: FigureSpec, params: dict[str, Any], cache_sha: str | None, save_path: Path,
+    image_formats: tuple[str, ...] = (),
 ) -> bool:
-    """A recorded figure that needs no redraw: same code, params and cache, files intact."""
+    """A recorded figure that needs no redraw: same code, params, cache and formats, files intact."""
     if row is None or row.get("status") not in ("ok", "skipped"):
         return False
     if (row.get("params"), row.get("cache_sha256"), row.get("code_sha256")) != (params, cache_sha, spec.code_sha256):
+        return False
+    if row["status"] == "ok" and tuple(row.get("image_formats") or ()) != image_formats:
         return False
     return row["status"] == "skipped" or index.is_complete(row, save_path)
 
@@ -443,8 +537,9 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
             params = effective_params(spec, settings.params)
             for task in _tasks_for(spec, shape, settings.layers, settings.heads) if shape else [Task(spec.name)]:
                 key = ("figure", cache_row["model"], cache_row["prompt_hash"], task.function, task.layer, task.head, "")
-                if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path):
-                    plan.up_to_date += 1
+                if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path,
+                                                     settings.image_formats):
+                    plan.up_to_date.append(figures[key])
                 else:
                     jobs.append((task, params))
                     planned.add(key)
@@ -457,8 +552,9 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
         for spec in (s for s in specs if s.scope == "model"):
             params = effective_params(spec, settings.params)
             key = ("figure", model, "", spec.name, None, None, "")
-            if not settings.force and is_current(figures.get(key), spec, params, fingerprint, save_path):
-                plan.up_to_date += 1
+            if not settings.force and is_current(figures.get(key), spec, params, fingerprint, save_path,
+                                                 settings.image_formats):
+                plan.up_to_date.append(figures[key])
             else:
                 todo.append((spec, params))
                 planned.add(key)
@@ -542,21 +638,21 @@ class Recorder:
 # --------------------------------------------------------------------------- backends
 
 
-def draw_here(save_path: Path, plan: FigurePlan, raise_errors: bool) -> Iterator[list[dict[str, Any]]]:
+def draw_here(save_path: Path, plan: FigurePlan, options: DrawOptions) -> Iterator[list[dict[str, Any]]]:
     for cache_row, jobs in plan.prompts:
-        yield _draw_prompt(save_path, cache_row, jobs, raise_errors)
+        yield _draw_prompt(save_path, cache_row, jobs, options)
 
 
-def draw_in_processes(save_path: Path, plan: FigurePlan, workers: int) -> Iterator[list[dict[str, Any]]]:
+def draw_in_processes(save_path: Path, plan: FigurePlan, workers: int, options: DrawOptions) -> Iterator[list[dict[str, Any]]]:
     # fork keeps figures registered in a notebook's __main__ visible to the workers.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
-        futures = [pool.submit(_draw_prompt, save_path, cache_row, jobs) for cache_row, jobs in plan.prompts]
+        futures = [pool.submit(_draw_prompt, save_path, cache_row, jobs, options) for cache_row, jobs in plan.prompts]
         for future in as_completed(futures):
             yield future.result()
 
 
-def draw_on_ray(save_path: Path, plan: FigurePlan, address: str) -> Iterable[list[dict[str, Any]]]:
+def draw_on_ray(save_path: Path, plan: FigurePlan, address: str, options: DrawOptions) -> Iterable[list[dict[str, Any]]]:
     """The per-prompt plan on Ray workers (one per CPU slot), a few prompts per shard; each
     shard's rows come back here, the index's only writer. The figure specs travel with the work,
     so functions registered in a notebook draw on the workers too. SAVE_PATH must be a folder
@@ -565,7 +661,7 @@ def draw_on_ray(save_path: Path, plan: FigurePlan, address: str) -> Iterable[lis
 
     specs = [REGISTRY[name] for name in sorted({task.function for _, jobs in plan.prompts for task, _ in jobs})]
     setup = functools.partial(_register_on_worker, specs)
-    work = functools.partial(_draw_shard, save_path=save_path)
+    work = functools.partial(_draw_shard, save_path=save_path, options=options)
     return distributed.run_shards(setup, work, distributed.chunks(plan.prompts, 2), address=address, use_gpus=False)
 
 
@@ -575,18 +671,20 @@ def _register_on_worker(specs: list[FigureSpec]) -> None:
         REGISTRY[spec.name] = spec
 
 
-def _draw_shard(state: None, shard: list[tuple[dict[str, Any], Jobs]], *, save_path: Path) -> list[dict[str, Any]]:
-    return [row for cache_row, jobs in shard for row in _draw_prompt(save_path, cache_row, jobs)]
+def _draw_shard(
+    state: None, shard: list[tuple[dict[str, Any], Jobs]], *, save_path: Path, options: DrawOptions,
+) -> list[dict[str, Any]]:
+    return [row for cache_row, jobs in shard for row in _draw_prompt(save_path, cache_row, jobs, options)]
 
 
-def draw_models(save_path: Path, plan: FigurePlan, raise_errors: bool) -> Iterator[list[dict[str, Any]]]:
+def draw_models(save_path: Path, plan: FigurePlan, options: DrawOptions) -> Iterator[list[dict[str, Any]]]:
     """Model-scope figures (comparisons across a model's prompts), after the prompts."""
     for model, rows, fingerprint, todo in plan.models:
         opened = [Cache(save_path / row["path"]) for row in rows]
         try:
             for spec, params in todo:
                 source = DrawInput(model, "", fingerprint, None)
-                yield [draw(spec, opened, Task(spec.name), params, save_path, source, raise_errors)]
+                yield [draw(spec, opened, Task(spec.name), params, save_path, source, options)]
         finally:
             for cache in opened:
                 cache.close()
@@ -617,45 +715,70 @@ def run_figures(save_path: str | Path = "attn_data", settings: FiguresSettings |
     plan = plan_figures(save_path, specs, settings, newest)
     texts = {(r["model"], r["prompt_hash"]): r.get("text", "") for r in index.current_caches(newest.values()).values()}
     recorder = Recorder(save_path, texts, plan.size, settings.progress)
-    recorder.summary.skipped = plan.up_to_date
+    recorder.summary.skipped = len(plan.up_to_date)
+    recorder.summary.current = plan.up_to_date
     recorder.summary.stale = len(plan.stale)
     index.append_rows(save_path, plan.stale)
     try:
-        if settings.raise_errors or not plan.prompts:
-            rows_of_prompts: Iterable[list[dict[str, Any]]] = draw_here(save_path, plan, settings.raise_errors)
+        options = DrawOptions(settings.raise_errors, settings.image_formats)
+        if settings.raise_errors or not plan.prompts:  # raising needs this process: a worker's traceback is lost
+            rows_of_prompts: Iterable[list[dict[str, Any]]] = draw_here(save_path, plan, options)
         elif settings.ray:
-            rows_of_prompts = draw_on_ray(save_path, plan, settings.ray)
+            rows_of_prompts = draw_on_ray(save_path, plan, settings.ray, options)
         elif settings.workers > 1 and len(plan.prompts) > 1:
-            rows_of_prompts = draw_in_processes(save_path, plan, settings.workers)
+            rows_of_prompts = draw_in_processes(save_path, plan, settings.workers, options)
         else:
-            rows_of_prompts = draw_here(save_path, plan, False)
+            rows_of_prompts = draw_here(save_path, plan, options)
         for rows in rows_of_prompts:
             recorder(rows)
-        for rows in draw_models(save_path, plan, settings.raise_errors):
+        for rows in draw_models(save_path, plan, options):
             recorder(rows)
     finally:
         recorder.close()
     summary = recorder.summary
     summary.seconds = time.perf_counter() - started
     if settings.display:
-        show(summary.rows, save_path)
+        show(summary.current + summary.rows, save_path, settings.display_limit, texts)
     return summary
 
 
-def show(rows: Sequence[dict[str, Any]], save_path: str | Path, limit: int = 12) -> None:
-    """Display written figures inline in Jupyter (PNG, SVG, HTML, Markdown); a no-op elsewhere."""
+def caption(row: dict[str, Any], texts: dict[tuple[str, str], str]) -> str:
+    """function · model · "prompt start…" · L3 H2 — what a displayed figure is."""
+    parts = [row["function"], row["model"]]
+    if row.get("prompt_hash"):
+        words = " ".join(texts.get((row["model"], row["prompt_hash"]), "").split())
+        parts.append(f'{row["prompt_hash"][:8]} "{words[:40]}{"…" if len(words) > 40 else ""}"')
+    else:
+        parts.append("all prompts")
+    where = " ".join(f"{axis}{row[name]}" for axis, name in (("L", "layer"), ("H", "head")) if row.get(name) is not None)
+    return " · ".join(parts + ([where] if where else []))
+
+
+def show(rows: Sequence[dict[str, Any]], save_path: str | Path, limit: int | None = 12,
+         texts: dict[tuple[str, str], str] | None = None) -> None:
+    """Display figures inline in Jupyter, each with a caption, in a stable order (model, prompt,
+    function, layer, head); at most `limit`, saying so when more were left out. A no-op elsewhere."""
     try:
         from IPython.display import HTML, SVG, Image, Markdown, display
     except ImportError:
         return
     viewers = {"png": lambda p: Image(filename=p), "svg": lambda p: SVG(filename=p),
                "html": lambda p: HTML(filename=p), "md": lambda p: Markdown(filename=p)}
-    shown = 0
-    for row in rows:
-        for entry in row.get("files", []):
-            if entry["format"] in viewers and shown < limit:
-                display(viewers[entry["format"]](str(Path(save_path) / entry["path"])))
-                shown += 1
+    order = lambda row: (row["model"], row.get("prompt_hash", ""), row["function"],  # noqa: E731
+                         row.get("layer") if row.get("layer") is not None else -1,
+                         row.get("head") if row.get("head") is not None else -1)
+    shown_rows = sorted((row for row in rows if row.get("status") == "ok"), key=order)
+    kept = shown_rows if limit is None else shown_rows[:limit]
+    for row in kept:
+        entry = next((f for f in row.get("files", []) if f["format"] in viewers), None)
+        if entry is None:
+            continue
+        label = html.escape(caption(row, texts or {}))
+        display(HTML(f"<div style='font: 12px sans-serif; margin-top: 8px'><b>{label}</b></div>"))
+        display(viewers[entry["format"]](str(Path(save_path) / entry["path"])))
+    if len(kept) < len(shown_rows):
+        display(Markdown(f"Showing {len(kept)} of {len(shown_rows)} figures (`display_limit={limit}`): pass "
+                         f"`display_limit=None` for all, or narrow with `figures=`, `prompts=`, `layers=`, `heads=`."))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -682,7 +805,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "those redraw by themselves)")
     parser.add_argument("--raise", dest="raise_errors", action="store_true",
                         help="stop at the first figure that raises and show its full traceback (draws in this process)")
-    parser.add_argument("--list", action="store_true", help="list registered figure functions and exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list every registered figure with its options (defaults and types) and exit")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="register your own figures from a Python file or module before running; repeatable")
+    parser.add_argument("--format", dest="image_formats", default="", metavar="png,svg,pdf",
+                        help="write matplotlib figures in these formats instead of their own (vector: text as "
+                        "paths in SVG, fonts embedded in PDF)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -705,12 +834,15 @@ def _parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     split = lambda text: [part.strip() for part in text.split(",") if part.strip()]  # noqa: E731
-    if args.list:
+    try:
         load_builtins()
-        width = max(len(name) for name in REGISTRY)
-        for spec in sorted(REGISTRY.values(), key=lambda s: s.name):
-            optional = "" if spec.default else "  (only when named with --figures)"
-            print(f"{spec.name:<{width}}  {spec.scope:<6}  {','.join(spec.formats):<12}  {spec.description}{optional}")
+        for name in args.imports:
+            import_figures(name)
+    except FigureParamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.list:
+        print("\n".join(describe_figure(spec) for spec in sorted(REGISTRY.values(), key=lambda s: s.name)))
         return 0
     if not index.index_path(args.save_path).exists():
         print(f"error: {index.index_path(args.save_path)} not found; run python -m lens_pipeline.activations first",
@@ -721,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures=split(args.figures), models=split(args.model), prompts=split(args.prompts),
             layers=args.layers, heads=args.heads, params=_parse_params(args.param), workers=args.workers,
             ray=args.ray, force=args.force, raise_errors=args.raise_errors, progress=not args.quiet,
+            image_formats=split(args.image_formats),
         )
         summary = run_figures(args.save_path, settings)
     except (FigureParamError, DistributedError) as error:
