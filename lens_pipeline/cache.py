@@ -234,6 +234,9 @@ def member_compressor() -> zstandard.ZstdCompressor:
 
 def serialize(contents: CacheContents) -> bytes:
     """The cache file's bytes. A pure function: threads compress several caches at once (zstd frees the GIL)."""
+    unknown = sorted({array_family(name) for name in contents.arrays} - set(ARRAYS))
+    if unknown:  # CACHE_ARRAYS is the one list of what a cache holds: add a row there first
+        raise ValueError(f"cache arrays {unknown} are not described in lens_pipeline.cache.CACHE_ARRAYS")
     compressor = member_compressor()
     buffer = io.BytesIO()
     meta = dict(contents.meta, schema_version=SCHEMA_VERSION)

@@ -108,3 +108,8 @@ def test_arrays_are_stored_as_np_save_would_whatever_their_memory_layout(layout:
     expected = io.BytesIO()
     np.save(expected, np.asarray(array) if np.ndim(array) == 0 else np.ascontiguousarray(array))
     assert stored == expected.getvalue()
+
+
+def test_an_array_the_table_does_not_describe_is_refused() -> None:
+    with pytest.raises(ValueError, match="CACHE_ARRAYS"):
+        serialize(CacheContents({"model": "m"}, {"attribution_scores": np.zeros(3, dtype=np.float32)}))
