@@ -2,7 +2,7 @@
 
     python -m lens_pipeline.server --save-path attn_data [--host 127.0.0.1] [--port 8000]
 
-The page (lens_pipeline/static: index.html, style.css and ES modules, app.js first; nothing from
+The page (lens_pipeline/static: index.html, style.css and ES modules, main.js first; nothing from
 the network, no build step) browses the figure rows of SAVE_PATH/index.jsonl and draws attention
 heads and token values from the exact numbers in the cache files, with the colours and labels the
 API sends (lens_pipeline/display.py). The index is re-read when it changes (only the appended tail).

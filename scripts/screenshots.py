@@ -1,10 +1,13 @@
 """Screenshots of the viewer for the docs: docs/viewer.png (figure grid) and docs/single_head.png,
-and on request the other views (--views grid,head,tokens,prompts,knit,figure).
+docs/notebook_head.png (the notebook widget, `show.head`), and on request the other views
+(--views grid,head,widget,tokens,prompts,knit,figure,overview,predictions).
 
-    python scripts/screenshots.py --save-path attn_data [--out docs] [--head 3,5] [--views grid,head]
+    python scripts/screenshots.py --save-path attn_data [--out docs] [--head 3,5] [--views grid,head,widget]
 
 Starts the viewer on a free port in this process and drives the system Chromium headless
-(Debian `chromium` + `chromium-driver`; pip `selenium`).
+(Debian `chromium` + `chromium-driver`; pip `selenium`). The widget is shown as a notebook front
+end would show it: its ES module loaded from a blob, rendered with a stand-in for the kernel's
+model (`widget_page`, which the widget's browser test uses too).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from lens_pipeline.server import make_server
+from lens_pipeline.viewer.transport import script_json
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -55,12 +59,82 @@ def hover_cell(driver: webdriver.Chrome, canvas: Any, q: int, k: int) -> None:
     actions.perform()
 
 
+# A page that renders an anywidget widget as JupyterLab does (its ES module imported from a blob URL,
+# `render({model, el})`), with a stand-in model: `get` reads the widget state, `send` answers from a
+# table of kernel replies computed in Python (viewer.transport.ask). window.__ready: milliseconds
+# from navigation start until the view has drawn; window.__sent: the messages sent to the "kernel".
+WIDGET_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lens_pipeline widget</title></head>
+<body style="margin:0;padding:18px 22px;background:#fff;font:13px system-ui,sans-serif">
+<pre style="margin:0 0 8px;padding:8px 10px;background:#f5f5f5;border:1px solid #e0e0e0;border-radius:4px;font:13px monospace"
+  >[CODE]</pre>
+<div id="widget"></div>
+<script type="application/json" id="esm">[ESM]</script>
+<script type="application/json" id="state">[STATE]</script>
+<script type="application/json" id="kernel">[KERNEL]</script>
+<script type="module">
+const read = (id) => JSON.parse(document.getElementById(id).textContent);
+const state = read("state"), kernel = read("kernel"), handlers = {};
+const key = (path, params) => JSON.stringify([path, Object.entries(params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
+window.__sent = [];
+const model = {
+  get: (name) => state[name],
+  on: (event, f) => { (handlers[event] = handlers[event] || []).push(f); },
+  off: (event, f) => { handlers[event] = (handlers[event] || []).filter((g) => g !== f); },
+  send(content) {
+    window.__sent.push(content);
+    const reply = kernel[key(content.path, content.params)] || { error: "not in this test's kernel table", status: 404 };
+    const answer = Object.assign({ type: "answer", id: content.id }, reply);
+    setTimeout(() => (handlers["msg:custom"] || []).forEach((f) => f(answer)), 0);
+  },
+};
+const host = document.getElementById("widget");
+const url = URL.createObjectURL(new Blob([read("esm")], { type: "text/javascript" }));
+const widget = (await import(url)).default;
+widget.render({ model, el: host });
+const drawn = "canvas.heatmap[data-layer], .tv, table.predictions tbody tr, .error-box";
+const tick = () => (host.shadowRoot.querySelector(drawn) ? (window.__ready = performance.now()) : requestAnimationFrame(tick));
+tick();
+</script>
+</body></html>
+"""
+
+
+def widget_page(widget: Any, kernel: dict[str, dict[str, Any]] | None = None, code: str = "") -> str:
+    """The HTML page of WIDGET_PAGE for a lens_pipeline.show widget; `kernel`: answer_key -> reply."""
+    import html
+    import re
+
+    state = {"params": widget.params, "answers": widget.answers, "routes": widget.routes}
+    parts = {"CODE": html.escape(code or repr(widget)), "ESM": script_json(widget._esm), "STATE": script_json(state),
+             "KERNEL": script_json(kernel or {})}
+    return re.sub(r"\[(CODE|ESM|STATE|KERNEL)\]", lambda match: parts[match.group(1)], WIDGET_PAGE)
+
+
 def _ready(driver: webdriver.Chrome, selector: str, images: bool = False) -> None:
     wait = WebDriverWait(driver, 20)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, selector))
     if images:
         wait.until(lambda d: d.execute_script(
             "return [...document.querySelectorAll('img')].slice(0, 12).every(i => i.complete)"))
+    time.sleep(0.2)
+
+
+def _widget_head(driver: webdriver.Chrome, cache_path: Path, layer: int, head: int, folder: Path) -> None:
+    """`show.head(cache, layer, head)` as a notebook shows it, a cell hovered."""
+    from lens_pipeline import show
+    from lens_pipeline.cache import load
+
+    widget = show.head(load(cache_path), layer, head, token=4)
+    page = folder / "widget.html"
+    page.write_text(widget_page(widget, code=f"show.head(cache, {layer}, {head})"), encoding="utf-8")
+    driver.set_window_size(1100, 1100)  # about a notebook's width; tall enough for the whole widget
+    driver.get(page.as_uri())
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return window.__ready"))
+    root = driver.find_element(By.ID, "widget").shadow_root
+    canvas = root.find_element(By.CSS_SELECTOR, "canvas.heatmap")
+    query = min(9, int(canvas.get_attribute("data-n")) - 1)
+    hover_cell(driver, canvas, q=query, k=query - 1)
     time.sleep(0.2)
 
 
@@ -71,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", default="16,0", help="LAYER,HEAD for the single-head view (default: %(default)s)")
     parser.add_argument("--grid-filter", default="function=attention_heatmap&layer=3",
                         help="hash parameters for the grid screenshot (default: %(default)s)")
-    parser.add_argument("--views", default="grid,head", help="which views: grid, head, tokens, prompts, knit, figure "
-                        "(the first figure that is not drawn and current: stale, failed or skipped) (default: %(default)s)")
+    parser.add_argument("--views", default="grid,head,widget",
+                        help="which views: grid, head, widget (show.head in a notebook), tokens, prompts, knit, overview, "
+                        "predictions, figure (the first figure that is not drawn and current: stale, failed or skipped) "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     layer, head = (int(x) for x in args.head.split(","))
     views = [v.strip() for v in args.views.split(",") if v.strip()]
@@ -98,17 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         driver = chromium(1400, 1000, profile)
         try:
             for view in views:
-                name = {"grid": "viewer.png", "head": "single_head.png"}.get(view, f"{view}.png")
+                name = {"grid": "viewer.png", "head": "single_head.png", "widget": "notebook_head.png"}.get(view, f"{view}.png")
                 if view == "grid":
                     driver.get(f"{server.url}#view=grid&{args.grid_filter}")
                     _ready(driver, ".card img", images=True)
                 elif view == "head":
+                    driver.set_window_size(1400, 1080)  # the whole heatmap without scrolling
                     driver.get(f"{server.url}#view=head&{cache}&layer={layer}&head={head}&token=4")
                     canvas = WebDriverWait(driver, 20).until(
                         lambda d: d.find_element(By.CSS_SELECTOR, f"canvas.heatmap[data-layer='{layer}']"))
                     query = min(9, int(canvas.get_attribute("data-n")) - 1)
                     hover_cell(driver, canvas, q=query, k=query - 1)
                     time.sleep(0.2)
+                elif view == "widget":
+                    _widget_head(driver, Path(args.save_path) / shown["path"], layer, head, Path(profile))
+                elif view in ("overview", "predictions"):
+                    driver.get(f"{server.url}#view={view}&{cache}")
+                    _ready(driver, ".overview-cell canvas" if view == "overview" else "td.pred")
                 elif view == "tokens":
                     driver.get(f"{server.url}#view=tokens&{cache}&value=resid_norm&layer={layer}")
                     _ready(driver, ".tv")
@@ -127,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 driver.save_screenshot(str(out / name))
                 written.append(str(out / name))
+                driver.set_window_size(1400, 1000)
         finally:
             driver.quit()
             server.shutdown()

@@ -6,10 +6,8 @@ These tests FAIL when Chromium is missing; set LENS_SKIP_BROWSER=1 to skip them 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -18,70 +16,22 @@ import pytest
 from lens_pipeline import cache as cache_mod
 from lens_pipeline import colormap, display
 from lens_pipeline.token_values import per_token_values
-from viewer_data import (  # noqa: F401  (fixtures save_path, server)
+from viewer_data import (  # noqa: F401  (fixtures save_path, server, driver)
     MODELS,
     VIEWER_PROMPTS,
     XSS_IMG,
     XSS_SCRIPT,
     broken_copy,
+    browser_fixture,
     cache_row,
+    css,
     latest_rows,
     running_server,
     second_settings_copy,
     viewer_save_path_fixture,
     viewer_server_fixture,
+    wait,
 )
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# Runs before any page script: a dialog would be recorded here instead of blocking the page.
-RECORD_DIALOGS = "window.__dialogs = []; for (const n of ['alert', 'confirm', 'prompt']) " \
-                 "window[n] = (m) => { window.__dialogs.push(n + ':' + m); };"
-
-
-def _require_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package")
-    if not missing:
-        return
-    message = f"browser tests need {', '.join(missing)} (apt install chromium chromium-driver; pip install selenium)"
-    if os.environ.get("LENS_SKIP_BROWSER") == "1":
-        pytest.skip(f"LENS_SKIP_BROWSER=1: {message}")
-    pytest.fail(message + "; set LENS_SKIP_BROWSER=1 to skip these tests on purpose", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def driver():
-    _require_browser()
-    from screenshots import chromium  # scripts/ is on sys.path (conftest): one set of browser flags
-
-    with tempfile.TemporaryDirectory() as profile:
-        browser = chromium(1400, 1000, profile, log_network=True)
-        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
-        try:
-            yield browser
-        finally:
-            browser.quit()
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
-    """Until `condition` holds; an element not there yet (IndexError) or replaced by a re-render counts as not yet."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, ignored_exceptions=(IndexError, StaleElementReferenceException)).until(condition)
-
-
-def css(driver: Any, selector: str) -> list[Any]:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
 def open_view(driver: Any, server: Any, fragment: str) -> None:
@@ -125,7 +75,7 @@ def assert_no_injection(driver: Any) -> None:
     assert driver.execute_script("return window.__dialogs") == []
     assert driver.execute_script(
         "return document.querySelectorAll('main script, main img[src=\"x\"], [onerror], main b').length") == 0
-    assert [s.get_attribute("src") for s in css(driver, "script")] == [driver.current_url.split("#")[0] + "static/app.js"]
+    assert [s.get_attribute("src") for s in css(driver, "script")] == [driver.current_url.split("#")[0] + "static/main.js"]
 
 
 # ----------------------------------------------------------------------------- browsing
@@ -263,6 +213,29 @@ def test_token_values_come_from_the_cache(driver, server, save_path: Path) -> No
         lens_layer = int(hash_params(driver)["layer"])
         assert float(tip.get_attribute("data-value")) == float(cache.array("logit_lens_probs")[lens_layer, 5])
         assert show_token(str(cache.array("logit_lens_strs")[lens_layer, 5])) in css(driver, "#tooltip")[0].text
+
+
+def test_overview_opens_a_head_and_predictions_are_the_cache(driver, server, save_path: Path) -> None:
+    row = cache_row(save_path, MODELS[0], "capital")
+    where = f"model={MODELS[0]}&prompt={row['prompt_hash']}"
+    open_view(driver, server, f"#view=overview&{where}&layer=2")
+    wait(driver, lambda d: len(css(d, ".overview-cell canvas.heatmap")) >= 4)
+    css(driver, ".overview-cell[data-head='1'] canvas")[0].click()
+    wait(driver, lambda d: [hash_params(d).get(k) for k in ("view", "layer", "head")] == ["head", "2", "1"])
+    wait(driver, lambda d: css(d, "canvas.heatmap[data-layer='2'][data-head='1']"))
+
+    open_view(driver, server, f"#view=predictions&{where}")
+    with cache_mod.load(save_path / row["path"]) as cache:
+        rows = wait(driver, lambda d: (r := css(d, "table.predictions tbody tr")) and len(r) == cache.n_tokens and r)
+        shown = [[float(c.get_attribute("data-prob")) for c in css(r, "td.pred")] for r in rows]
+        assert shown == cache.topk_probs.astype(np.float64).tolist()
+        hits = [next((int(c.get_attribute("data-rank")) - 1 for c in css(r, "td.pred.hit")), None) for r in rows]
+        ids, tokens = cache.topk_ids, cache.token_ids
+        assert hits == [next((j for j in range(ids.shape[1]) if i + 1 < len(tokens) and ids[i, j] == tokens[i + 1]), None)
+                        for i in range(cache.n_tokens)]
+    encoder = cache_row(save_path, MODELS[1], "capital")  # MiniLM: no trained LM head, so no predictions
+    open_view(driver, server, f"#view=predictions&model={MODELS[1]}&prompt={encoder['prompt_hash']}")
+    assert "LM head" in wait(driver, lambda d: css(d, ".error-box"))[0].text
 
 
 def test_colours_on_the_page_are_the_colormap_tables(driver, server, save_path: Path) -> None:

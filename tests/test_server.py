@@ -109,6 +109,34 @@ def test_cache_info_and_token_values(server, save_path: Path) -> None:
         assert acts["values"] == cache.neuron_acts[7, 3].astype(np.float64).tolist()
 
 
+def test_predictions_and_a_notebooks_one_cache_api_answer_as_the_viewer(server, save_path: Path) -> None:
+    from lens_pipeline.viewer import CacheApi
+
+    row = cache_row(save_path, MODELS[0], "capital")
+    query = f"model={MODELS[0]}&prompt={row['prompt_hash']}"
+    with cache_mod.load(save_path / row["path"]) as cache:
+        predictions = ok_json(server, f"/api/predictions?{query}")
+        assert predictions["top_probs"] == cache.topk_probs.astype(np.float64).tolist()
+        assert predictions["top_tokens"][2] == [display.token_label(str(s)) for s in cache.topk_strs[2]]
+        assert predictions["colors"][2] == colormap.hex_colors(cache.topk_probs[2], colormap.ATTENTION_CMAP, 0.0, 1.0)
+        ids, tokens = cache.topk_ids, cache.token_ids
+        assert predictions["next_rank"][:-1] == [next((j for j in range(ids.shape[1]) if ids[i, j] == tokens[i + 1]), None)
+                                                 for i in range(cache.n_tokens - 1)]
+        assert predictions["next_rank"][-1] is None and predictions["shown_next"][-1] is None
+        # A notebook widget's API over the one open cache: the same answers, with no index.
+        one = CacheApi(cache)
+        neuron = f"value=neuron&layer=1&neuron={cache.neuron_ids[1][0]}"
+        for path, asked in (("/api/pattern", f"{query}&layer=2&head=3"), ("/api/tokens", f"{query}&{neuron}"),
+                            ("/api/predictions", query)):
+            assert one.handle(path, asked) == ok_json(server, f"{path}?{asked}"), path
+        info, served = json.loads(json.dumps(one.handle("/api/cache", query))), ok_json(server, f"/api/cache?{query}")
+        assert {k: v for k, v in info.items() if k not in ("same_text", "created")} == \
+            {k: v for k, v in served.items() if k not in ("same_text", "created")}
+    encoder = cache_row(save_path, MODELS[1], "capital")
+    status, body = get_json(server, f"/api/predictions?model={MODELS[1]}&prompt={encoder['prompt_hash']}")
+    assert status == 400 and "LM head" in body["error"]
+
+
 # ----------------------------------------------------------------------------- display facts, defined in Python
 
 
@@ -136,7 +164,7 @@ def test_scripts_hold_no_colour_tables_formulas_or_file_names() -> None:
         assert not re.search(r"chart\.svg|pattern\.(txt|md)|endsWith\(|\\\.\(png|svg", text), name  # no file-name sniffing
         assert "viridis" not in text.lower() and "blues" not in text.lower(), name
     html = (STATIC_DIR / "index.html").read_text()
-    assert '<script type="module" src="/static/app.js"></script>' in html
+    assert '<script type="module" src="/static/main.js"></script>' in html
 
 
 def test_token_values_are_one_function_for_figure_and_viewer(server, save_path: Path) -> None:
@@ -465,7 +493,7 @@ def test_page_loads_nothing_from_the_network() -> None:
         # Data reaches the page only as text: no HTML-parsing sinks at all.
         assert not re.search(r"\.(inner|outer)HTML|insertAdjacentHTML|document\.write\(|\beval\(", text), path
     html = (STATIC_DIR / "index.html").read_text()
-    assert re.findall(r'(?:src|href)="([^"#]+)"', html) == ["/static/favicon.svg", "/static/style.css", "/static/app.js"]
+    assert re.findall(r'(?:src|href)="([^"#]+)"', html) == ["/static/favicon.svg", "/static/style.css", "/static/main.js"]
 
 
 # ----------------------------------------------------------------------------- failures shown, not hidden
@@ -577,7 +605,7 @@ def test_cli_serves_and_explains_errors(save_path: Path, tmp_path: Path) -> None
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/")
         response = connection.getresponse()
-        assert response.status == 200 and b"/static/app.js" in response.read()
+        assert response.status == 200 and b"/static/main.js" in response.read()
     finally:
         process.terminate()
         process.wait(timeout=10)

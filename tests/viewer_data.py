@@ -1,24 +1,34 @@
-"""Save paths and a running server for the viewer tests (test_server.py, test_browser.py).
+"""Save paths, a running server and a headless Chromium for the viewer tests (test_server.py,
+test_browser.py, test_notebook.py, test_export.py).
 
-The save path is made by the real pipeline: the activations stage on SmolLM2 and MiniLM (a few
-prompts, two of them HTML/JS injection attempts), then the figures stage. It is built once per
-test session and shared by both test modules.
+The save paths are made by the real pipeline: the activations stage on SmolLM2 and MiniLM (a few
+prompts, two of them HTML/JS injection attempts), then the figures stage; and a fast one on
+tiny-llama with random weights. Each is built once per test session and shared by the modules.
+The browser is Debian's `chromium` + `chromium-driver`, driven by selenium: its tests FAIL when it
+is missing; set LENS_SKIP_BROWSER=1 to skip them explicitly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from lens_pipeline import index
 from lens_pipeline.server import ViewerServer, make_server
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Runs before any page script: a dialog would be recorded here instead of blocking the page.
+RECORD_DIALOGS = "window.__dialogs = []; for (const n of ['alert', 'confirm', 'prompt']) " \
+                 "window[n] = (m) => { window.__dialogs.push(n + ':' + m); };"
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
 VIEWER_PROMPTS = [
@@ -50,6 +60,23 @@ def viewer_save_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert drawn.written and not drawn.failed, [r.get("error") for r in drawn.rows if r["status"] != "ok"][:3]
         _built["main"] = save_path
     return _built["main"]
+
+
+def tiny_save_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small save path made fast (built on first use in this session; copy it before changing it):
+    tiny-llama with seeded random weights (2 layers x 4 heads) on VIEWER_PROMPTS with the logit lens,
+    and no figures yet."""
+    if "tiny" not in _built:
+        from lens_pipeline.activations import run_activations
+
+        root = tmp_path_factory.mktemp("tiny")
+        prompts = root / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps(p) + "\n" for p in VIEWER_PROMPTS), encoding="utf-8")
+        summary = run_activations("tiny-llama", prompts, root / "data", random_weights=True, logit_lens=True,
+                                  progress=False, log=lambda message: None)
+        assert summary.written == len(VIEWER_PROMPTS) and not summary.failed
+        _built["tiny"] = root / "data"
+    return _built["tiny"]
 
 
 def latest_rows(save_path: Path, kind: str) -> list[dict[str, Any]]:
@@ -140,3 +167,51 @@ def viewer_save_path_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def viewer_server_fixture(save_path: Path) -> Iterator[ViewerServer]:
     with running_server(save_path) as running:
         yield running
+
+
+# ----------------------------------------------------------------------------- the browser
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package")
+    if not missing:
+        return
+    message = f"browser tests need {', '.join(missing)} (apt install chromium chromium-driver; pip install selenium)"
+    if os.environ.get("LENS_SKIP_BROWSER") == "1":
+        pytest.skip(f"LENS_SKIP_BROWSER=1: {message}")
+    pytest.fail(message + "; set LENS_SKIP_BROWSER=1 to skip these tests on purpose", pytrace=False)
+
+
+# The `driver` fixture of the modules that use a browser: headless Chromium recording its
+# requests, console messages and dialogs (window.__dialogs).
+@pytest.fixture(scope="module", name="driver")
+def browser_fixture() -> Iterator[Any]:
+    _require_browser()
+    from screenshots import chromium  # scripts/ is on sys.path (conftest): one set of browser flags
+
+    with tempfile.TemporaryDirectory() as profile:
+        browser = chromium(1400, 1000, profile, log_network=True)
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
+        try:
+            yield browser
+        finally:
+            browser.quit()
+
+
+def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
+    """Until `condition` holds; an element not there yet (IndexError) or replaced by a re-render counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(IndexError, StaleElementReferenceException)).until(condition)
+
+
+def css(root: Any, selector: str) -> list[Any]:
+    """Elements under a driver, an element or a shadow root."""
+    from selenium.webdriver.common.by import By
+
+    return root.find_elements(By.CSS_SELECTOR, selector)

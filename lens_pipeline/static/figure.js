@@ -1,15 +1,13 @@
 // One figure, shown as its row says (row.view: image, html, markdown, json, text), with its
 // status, files and parameters and ways to compare it.
-import { api } from "./data.js";
+import { api, fileText, offers } from "./data.js";
 import { figureImage, fileList, staleBadge, statusNote } from "./figures.js";
 import { el, errorBox, hashFor, headLabel, promptTitle } from "./util.js";
 
 // The text of a file the figure wrote, into `box` (a <pre>); JSON is indented.
 export async function loadText(file, box, asJson) {
   try {
-    const response = await fetch(file.url);
-    if (!response.ok) throw new Error(`${file.path}: HTTP ${response.status}`);
-    const text = await response.text();
+    const text = await fileText(file);
     box.textContent = asJson ? JSON.stringify(JSON.parse(text), null, 1) : text;
   } catch (error) {
     box.replaceWith(errorBox(`${file.path} could not be loaded (${error.message})`));
@@ -33,8 +31,8 @@ export async function figure(main, params) {
   const row = await api("figure", { model: p.model, prompt: p.prompt, function: p.function, layer: p.layer, head: p.head });
   const base = { model: row.model, prompt: row.prompt_hash, function: row.function, layer: row.layer, head: row.head };
   const actions = el("div", { class: "actions" },
-    el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "models" }, base)), text: "Compare across models" }),
-    row.layer !== null ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "layers" }, base)), text: "Compare across layers" }) : null,
+    offers("compare") ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "models" }, base)), text: "Compare across models" }) : null,
+    row.layer !== null && offers("compare") ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "layers" }, base)), text: "Compare across layers" }) : null,
     row.layer !== null && row.head !== null && row.prompt_hash ?
       el("a", { class: "button secondary", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: row.layer, head: row.head }), text: "Interactive head" }) : null,
     row.prompt_hash ? el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash, layer: row.layer ?? 0 }), text: "Token values" }) : null);

@@ -1,9 +1,9 @@
 // One attention head, drawn from the exact cached values of the current cache (or, with
 // `settings`, of the cache made with those settings).
-import { FACTS, api, legendBar, openCache } from "./data.js";
+import { FACTS, api, legendBar, offers, openCache } from "./data.js";
 import { otherSettings, settingsLine } from "./figures.js";
 import { Heatmap } from "./heatmap.js";
-import { clampInt, el, errorBox, formatValue, hashFor, promptTitle, range, rgb, select } from "./util.js";
+import { clampInt, el, errorBox, formatValue, hashFor, note, onKeys, promptTitle, range, rgb, select } from "./util.js";
 
 export async function head(main, params) {
   const p = Object.fromEntries(params);
@@ -25,6 +25,8 @@ export async function head(main, params) {
   const compareModels = el("a", { class: "button secondary", text: "Same head in other models" });
   const compareLayers = el("a", { class: "button secondary", text: "This head across layers" });
   const figuresLink = el("a", { class: "button secondary", text: "Figures of this head" });
+  const layerLink = el("a", { class: "button secondary", text: "All heads of this layer" });
+  const overviewLink = el("a", { class: "button secondary", text: "All layers × heads" });
   const maskedKey = el("span", { class: "masked-key" });
   maskedKey.style.background = rgb(FACTS.masked);
 
@@ -51,7 +53,8 @@ export async function head(main, params) {
       el("span", { class: "hint muted" }, "keys: ", el("kbd", { text: "←" }), el("kbd", { text: "→" }), " head · ",
         el("kbd", { text: "↑" }), el("kbd", { text: "↓" }), " layer · ", el("kbd", { text: "j" }), el("kbd", { text: "k" }),
         " next/previous head · ", el("kbd", { text: "Esc" }), " clear")),
-    el("div", { class: "actions" }, compareModels, compareLayers, figuresLink),
+    el("div", { class: "actions" }, layerLink, overviewLink, offers("compare") ? [compareModels, compareLayers] : null,
+      offers("figures") ? figuresLink : null),
     el("div", { class: "head-layout" },
       el("div", { class: "heat-wrap" }, status, canvas,
         el("div", { class: "legend" }, el("span", { class: "muted", text: `${FACTS.attention.label} ${FACTS.attention.vmin}` }),
@@ -61,10 +64,11 @@ export async function head(main, params) {
       el("div", { class: "head-side" }, el("h2", { text: "Tokens" }), chips, detail, el("h2", { text: "Layers × heads" }), nav))));
 
   function syncUrl() {
-    const hash = hashFor({ view: "head", model: info.model, prompt: info.prompt_hash, settings, layer: state.layer, head: state.head,
-                           scale: state.scale === FACTS.scales[0][0] ? "" : state.scale, token: state.token ?? "" });
-    history.replaceState(null, "", hash);
+    note({ view: "head", model: info.model, prompt: info.prompt_hash, settings, layer: state.layer, head: state.head,
+           scale: state.scale === FACTS.scales[0][0] ? "" : state.scale, token: state.token ?? "" });
     const base = { model: info.model, prompt: info.prompt_hash, layer: state.layer, head: state.head };
+    layerLink.href = hashFor({ view: "overview", model: info.model, prompt: info.prompt_hash, settings, layer: state.layer });
+    overviewLink.href = hashFor({ view: "overview", model: info.model, prompt: info.prompt_hash, settings });
     compareModels.href = hashFor(Object.assign({ view: "compare", across: "models" }, base));
     compareLayers.href = hashFor(Object.assign({ view: "compare", across: "layers" }, base));
     figuresLink.href = hashFor({ view: "grid", model: info.model, prompt: info.prompt_hash, layer: state.layer, head: state.head });
@@ -135,7 +139,7 @@ export async function head(main, params) {
       choose(null);
     }
   }
-  document.addEventListener("keydown", onKey);
+  const stopKeys = onKeys(onKey);
   await move(state.layer, state.head);
-  return () => document.removeEventListener("keydown", onKey);
+  return stopKeys;
 }

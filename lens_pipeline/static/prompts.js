@@ -16,6 +16,8 @@ function promptCard(row) {
       el("div", { class: "actions" },
         el("a", { class: "button", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: 0, head: 0 }), text: "Attention heads" }),
         el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash }), text: "Token values" }),
+        el("a", { class: "button secondary", href: hashFor({ view: "overview", model: row.model, prompt: row.prompt_hash }), text: "Layers × heads" }),
+        el("a", { class: "button secondary", href: hashFor({ view: "predictions", model: row.model, prompt: row.prompt_hash }), text: "Predictions" }),
         el("a", { class: "button secondary", href: hashFor({ view: "grid", model: row.model, prompt: row.prompt_hash }), text: "Figures" }))]);
 }
 

@@ -1,6 +1,25 @@
-// Shared helpers: DOM building, the URL hash, the tooltip, small form controls, formatting.
-// Every prompt, token and file name is untrusted text: it only ever reaches the page through
-// textContent / attributes (see el()), never through innerHTML.
+// Shared helpers: DOM building, the page root, the view state (URL hash), the tooltip, small form
+// controls, formatting. Every prompt, token and file name is untrusted text: it only ever reaches
+// the page through textContent / attributes (see el()), never through innerHTML.
+
+// The root the views draw in: this document (the viewer, a static export) or a notebook widget's
+// shadow root. Each holds #main, #tooltip and (the full page) #banner and #summary.
+let ROOT = document;
+
+export function setRoot(root) {
+  ROOT = root;
+}
+
+export function byId(id) {
+  return ROOT.getElementById(id);
+}
+
+// Keys pressed while the focus is in the root (the whole page, or inside the widget); returns
+// a function that stops listening.
+export function onKeys(handler) {
+  ROOT.addEventListener("keydown", handler);
+  return () => ROOT.removeEventListener("keydown", handler);
+}
 
 export function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -24,7 +43,8 @@ export function errorBox(message) {
 }
 
 export function showBanner(message) {
-  const banner = document.getElementById("banner");
+  const banner = byId("banner");
+  if (!banner) return;
   banner.textContent = message;
   banner.hidden = !message;
 }
@@ -59,19 +79,42 @@ export function range(n) {
   return Array.from({ length: n }, (_, i) => i);
 }
 
-// A colour of the page's theme (style.css), so no colour is written in the scripts.
+// A colour of the page's theme (style.css: :root, or :host in a widget), so no colour is written in the scripts.
 export function themeColour(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  return getComputedStyle(ROOT.host || document.documentElement).getPropertyValue(name).trim();
 }
 
 export function rgb(colour) {
   return `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
 }
 
-// ------------------------------------------------------------------ URL state
+// ------------------------------------------------------------------ view state
+
+// Where the view's parameters live, as a hash string ("#view=head&layer=3"): the page's URL
+// (the viewer, a static export) or a notebook widget's own state (see widget.js).
+export const hashNavigator = {
+  read: () => location.hash,
+  // Show another view: a new history entry, or (replace) the same entry with new parameters.
+  go(hash, replace) {
+    if (hash === location.hash) return;
+    if (replace) {
+      history.replaceState(null, "", hash);
+      window.dispatchEvent(new HashChangeEvent("hashchange"));
+    } else {
+      location.hash = hash;
+    }
+  },
+  note: (hash) => history.replaceState(null, "", hash),  // record the view without showing it again
+  listen: (callback) => window.addEventListener("hashchange", callback),
+};
+let NAV = hashNavigator;
+
+export function useNavigator(navigator) {
+  NAV = navigator;
+}
 
 export function readHash() {
-  return new URLSearchParams(location.hash.replace(/^#/, ""));
+  return new URLSearchParams(NAV.read().replace(/^#/, ""));
 }
 
 export function hashFor(params) {
@@ -82,22 +125,22 @@ export function hashFor(params) {
   return "#" + clean.toString();
 }
 
-// Show another view: a new history entry, or (replace) the same entry with new parameters.
 export function go(params, replace = false) {
-  const hash = hashFor(params);
-  if (hash === location.hash) return;
-  if (replace) {
-    history.replaceState(null, "", hash);
-    window.dispatchEvent(new HashChangeEvent("hashchange"));
-  } else {
-    location.hash = hash;
-  }
+  NAV.go(hashFor(params), replace);
+}
+
+export function note(params) {
+  NAV.note(hashFor(params));
+}
+
+export function listen(callback) {
+  NAV.listen(callback);
 }
 
 // ------------------------------------------------------------------ tooltip
 
 export function showTooltip(event, content) {
-  const tip = document.getElementById("tooltip");
+  const tip = byId("tooltip");
   tip.replaceChildren(content);
   tip.hidden = false;
   const pad = 14;
@@ -111,7 +154,8 @@ export function showTooltip(event, content) {
 }
 
 export function hideTooltip() {
-  document.getElementById("tooltip").hidden = true;
+  const tip = byId("tooltip");
+  if (tip) tip.hidden = true;
 }
 
 // One "key: value" line of a tooltip.

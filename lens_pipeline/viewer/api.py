@@ -14,7 +14,9 @@ GET only; every answer is JSON; bad parameters give a 4xx with {"error": message
   /api/pattern?model&prompt[&settings]&layer&head    one head's attention, [query][key] float32 values
   /api/tokens?model&prompt[&settings]&value&layer&neuron&range
                                        one value per token with its colour (token_values.VALUE_KINDS)
+  /api/predictions?model&prompt[&settings]   the top-k next tokens at each position, coloured
 A cache is the current one of (model, prompt) unless `settings` names another settings id.
+CacheApi answers the display facts and the cache endpoints for one open Cache (a notebook widget).
 """
 
 from __future__ import annotations
@@ -23,36 +25,59 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lens_pipeline import display
+from lens_pipeline.cache import Cache
 from lens_pipeline.live_index import LiveIndex
 from lens_pipeline.viewer.browse import Browse
-from lens_pipeline.viewer.caches import CacheReader
+from lens_pipeline.viewer.caches import CacheReader, IndexCaches, OneCache
 from lens_pipeline.viewer.params import ApiError, Params
 
 CACHE = ("model", "prompt", "settings")  # a cache: the current one of (model, prompt), or by settings id
+Routes = dict[str, tuple[Callable[[Params], Any], tuple[str, ...]]]
 
 
-class ViewerApi:
-    """Every endpoint is a pure function of (save path, index view, query string); see ROUTES."""
+def cache_routes(reader: CacheReader) -> Routes:
+    """The display facts and the endpoints that read one cache."""
+    return {
+        "/api/display": (lambda params: display.facts(), ()),
+        "/api/cache": (reader.cache_info, CACHE),
+        "/api/pattern": (reader.pattern, (*CACHE, "layer", "head")),
+        "/api/tokens": (reader.token_values, (*CACHE, "value", "layer", "neuron", "range")),
+        "/api/predictions": (reader.predictions, CACHE),
+    }
 
-    def __init__(self, save_path: Path):
-        self.root = save_path.resolve()
-        self.index = LiveIndex(self.root)
-        browse, reader = Browse(self.root, self.index), CacheReader(self.root, self.index)
-        self.routes: dict[str, tuple[Callable[[Params], Any], tuple[str, ...]]] = {
-            "/api/display": (lambda params: display.facts(), ()),
-            "/api/summary": (browse.summary, ()),
-            "/api/figures": (browse.figures, ("model", "q", "prompt", "function", "layer", "head", "scope", "status",
-                                              "offset", "limit")),
-            "/api/prompts": (browse.prompts, ("model", "q", "offset", "limit")),
-            "/api/figure": (browse.figure, ("model", "prompt", "function", "layer", "head")),
-            "/api/compare": (browse.compare, ("across", "model", "prompt", "function", "layer", "head")),
-            "/api/cache": (reader.cache_info, CACHE),
-            "/api/pattern": (reader.pattern, (*CACHE, "layer", "head")),
-            "/api/tokens": (reader.token_values, (*CACHE, "value", "layer", "neuron", "range")),
-        }
+
+class Api:
+    routes: Routes
 
     def handle(self, route: str, query: str) -> Any:
         if route not in self.routes:
             raise ApiError(404, f"no API endpoint {route}; endpoints: {', '.join(self.routes)}")
         endpoint, allowed = self.routes[route]
         return endpoint(Params(query, allowed))
+
+
+class ViewerApi(Api):
+    """Every endpoint is a pure function of (save path, index view, query string); see ROUTES.
+    `live`: the index to follow (default: the save path's index.jsonl)."""
+
+    def __init__(self, save_path: Path, live: LiveIndex | None = None):
+        self.root = save_path.resolve()
+        self.index = live or LiveIndex(self.root)
+        self.browse = browse = Browse(self.root, self.index)
+        self.routes = {
+            **cache_routes(CacheReader(IndexCaches(self.root, self.index))),
+            "/api/summary": (browse.summary, ()),
+            "/api/figures": (browse.figures, ("model", "q", "prompt", "function", "layer", "head", "scope", "status",
+                                              "offset", "limit")),
+            "/api/prompts": (browse.prompts, ("model", "q", "offset", "limit")),
+            "/api/figure": (browse.figure, ("model", "prompt", "function", "layer", "head")),
+            "/api/compare": (browse.compare, ("across", "model", "prompt", "function", "layer", "head")),
+        }
+
+
+class CacheApi(Api):
+    """The cache endpoints for one open Cache, with no index (a notebook widget's data)."""
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+        self.routes = cache_routes(CacheReader(OneCache(cache)))

@@ -78,6 +78,10 @@ class Browse:
 
     def figures(self, params: Params) -> dict[str, Any]:
         view = self.index.view()
+        return self.page(self.matching(params, view), params, view, public_row)
+
+    def matching(self, params: Params, view: IndexView) -> list[dict[str, Any]]:
+        """The figure rows of `view` that /api/figures answers for `params`, in index order."""
         model, prompt, function = params.text("model"), params.text("prompt"), params.text("function")
         scope, q = params.text("scope"), params.text("q").strip().lower()
         layer, head = params.integer("layer"), params.integer("head")
@@ -105,14 +109,17 @@ class Browse:
             ]
 
         key = ("figures", view.version, model, prompt, function, scope, q, layer, head, status)
-        return self.page(view.memo(key, select), params, view, public_row)
+        return view.memo(key, select)
 
     def prompts(self, params: Params) -> dict[str, Any]:
         view = self.index.view()
+        return self.page(self.matching_prompts(params, view), params, view, prompt_row)
+
+    def matching_prompts(self, params: Params, view: IndexView) -> list[dict[str, Any]]:
+        """The cache rows of `view` that /api/prompts answers for `params`, in index order."""
         model, q = params.text("model"), params.text("q").strip().lower()
-        rows = [row for key, row in view.caches.items()
+        return [row for key, row in view.caches.items()
                 if (not model or key[0] == model) and (not q or q in view.texts[key].lower() or key[1].startswith(q))]
-        return self.page(rows, params, view, prompt_row)
 
     def figure(self, params: Params) -> dict[str, Any]:
         view = self.index.view()
