@@ -41,7 +41,7 @@ from lens_pipeline.cache import (
 )
 from lens_pipeline.distributed import DistributedError
 from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, slug
-from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts
+from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts, target_request
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 DEFAULT_SAVE_PATH = "attn_data"
@@ -140,7 +140,8 @@ def find_pending(
             continue
         seen.add(hash_)
         rows = caches.get(hash_, [])
-        covering = [row for row in rows if settings.extract.covers(row.get("params") or {})]
+        covering = [row for row in rows if settings.extract.covers(row.get("params") or {})
+                    and _same_targets(settings.extract, row, prompt)]
         usable = None
         for row in reversed(covering):  # the newest first
             if index.is_complete(row, save_path, verify=True):
@@ -155,6 +156,17 @@ def find_pending(
         if usable is not rows[-1]:  # another settings' cache is current: this run's request wins
             pending.reselect.append(dict(usable, selected=index.now_iso()))
     return pending
+
+
+def _same_targets(settings: ExtractSettings, row: dict[str, Any], prompt: Prompt) -> bool:
+    """A cache that explains targets is current only for the target fields it was made for."""
+    if not (settings.attribution or settings.logit_attribution):
+        return True
+    return target_request(row.get("prompt_metadata") or {}) == target_request(prompt.metadata)
+
+
+def _explains(settings: ExtractSettings) -> bool:
+    return bool(settings.attribution or settings.logit_attribution or settings.lens_trajectory or settings.lens_resid_mid)
 
 
 def run_activations(
@@ -173,6 +185,10 @@ def run_activations(
 
     settings = settings or ActivationsSettings.build(**options)
     log = log or _to_stderr
+    if _explains(settings.extract):  # a wrong method name fails now, not after the model loads
+        from lens_pipeline import explain
+
+        explain.check_settings(settings.extract)
     started = time.perf_counter()
     save_path = Path(save_path)
     if isinstance(models, str) or models is None:
@@ -313,10 +329,19 @@ def run_prompts(
     unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
     if unknown:
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
+    if _explains(settings):
+        from lens_pipeline import explain
+
+        explain.check_model(model, settings)
     limit = extract.context_limit(model, settings)
     token_strings = extract.TokenStrings(model.tokenizer)
     memory = extract.MemoryLimit()  # shrinks after an out-of-memory, for the rest of the run
     items = [(prompt, hash_, extract.tokenize(model, prompt.text, limit)) for prompt, hash_ in todo]
+    rejected = _attach_targets(model, settings, items)  # a target that is not one token: that prompt fails
+    for prompt, hash_, error in rejected:
+        log(f"error: {error}")
+    if rejected:
+        record([_error_row(source, hash_, prompt, error, settings) for prompt, hash_, error in rejected])
     items.sort(key=lambda item: len(item[2].ids))  # similar lengths together: less padding
     base_meta = _model_meta(model, settings)
 
@@ -330,7 +355,7 @@ def run_prompts(
             meta["truncated_from"] = tokens.truncated_from
         return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings, settings)
 
-    failed = 0
+    failed = len(rejected)
     # Compression runs between forward passes on as many threads as the forward uses (zstd frees
     # the GIL): overlapping it with the forward made torch's threads wait on each other.
     writer = CacheWriter(save_path, record, torch.get_num_threads(), batch_size)
@@ -362,6 +387,24 @@ def run_prompts(
         writer.close()
         bar.close()
     return writer.written, failed
+
+
+def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> list[tuple[Prompt, str, Exception]]:
+    """Give each (prompt, hash, tokens) item its targets, in place; items whose target cannot be
+    explained are removed and returned with the error."""
+    if not (settings.attribution or settings.logit_attribution):
+        return []
+    from lens_pipeline import explain
+
+    rejected, kept = [], []
+    for prompt, hash_, tokens in items:
+        try:
+            tokens.targets = explain.resolve_targets(model, prompt)
+            kept.append((prompt, hash_, tokens))
+        except explain.TargetError as error:
+            rejected.append((prompt, hash_, error))
+    items[:] = kept
+    return rejected
 
 
 def _model_meta(model: Any, settings: ExtractSettings) -> dict[str, Any]:
@@ -433,6 +476,12 @@ def _serialize_cache(
     arrays: dict[str, Any], warnings: list[str], settings: ExtractSettings,
 ) -> tuple[Path, bytes, dict[str, Any]]:
     """(where it goes, the cache file's bytes, its index row): the CPU part of saving a cache."""
+    explained = {}
+    if "target_ids" in arrays:  # the targets and the IG completeness error, in the meta and the index row
+        from lens_pipeline import explain
+
+        explained = {"explain": explain.summary(arrays, settings)}
+        meta = dict(meta, **explained)
     data = serialize(CacheContents(meta, arrays))
     relpath = cache_relpath(source, hash_, settings)
     row = index.make_row(
@@ -451,6 +500,7 @@ def _serialize_cache(
         random_weights=meta["random_weights"],
         warnings=warnings,
         prompt_metadata=prompt.metadata,
+        **explained,
     )
     return save_path / relpath, data, row
 
@@ -498,6 +548,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logit-lens", action="store_true",
                         help="also store each layer's top-1 token through the unembedding (costs about one extra "
                         "forward pass per layer on large vocabularies)")
+    parser.add_argument("--attribution", default="", metavar="METHODS",
+                        help="input attribution to each prompt's target, comma-separated: grad_x_input, grad_norm, "
+                        "ig (integrated gradients), or all; stored per target and source token (README: Explaining a "
+                        "prediction)")
+    parser.add_argument("--ig-steps", type=int, default=64, help="integrated-gradients steps (default: %(default)s)")
+    parser.add_argument("--ig-baseline", default="space",
+                        help="where the integrated-gradients path starts: space (default: the ' ' token's embedding "
+                        "at every position), zero, or pad; a leading BOS keeps its own embedding")
+    parser.add_argument("--ig-rule", default="gausslegendre",
+                        help="integration rule, as Captum names it: gausslegendre (default), riemann_trapezoid, "
+                        "riemann_left, riemann_right, riemann_middle")
+    parser.add_argument("--logit-attribution", action="store_true",
+                        help="split each target's logit over the embeddings, every head and every MLP (direct logit "
+                        "attribution, final norm's scale frozen)")
+    parser.add_argument("--lens-trajectory", action="store_true",
+                        help="extends --logit-lens (implies it): per layer and position the top-5 tokens, the actual "
+                        "next token's probability and rank, entropy, KL to the final distribution; and per-token loss")
+    parser.add_argument("--lens-resid-mid", action="store_true",
+                        help="the lens trajectory after each attention block too (implies --lens-trajectory)")
     parser.add_argument("--max-tokens", type=int, default=1024,
                         help="truncate prompts to this many tokens (and the model context); recorded as a warning")
     parser.add_argument("--random-weights", action="store_true",
@@ -532,8 +601,13 @@ def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
     return ActivationsSettings(
         extract=ExtractSettings(
             pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
-            hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()), logit_lens=args.logit_lens,
+            hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()),
+            logit_lens=args.logit_lens or args.lens_trajectory or args.lens_resid_mid,
             max_tokens=args.max_tokens, dtype=args.dtype,
+            attribution="grad_x_input,grad_norm,ig" if args.attribution.strip() == "all" else args.attribution,
+            ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
+            logit_attribution=args.logit_attribution, lens_trajectory=args.lens_trajectory or args.lens_resid_mid,
+            lens_resid_mid=args.lens_resid_mid,
         ),
         batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
         force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,

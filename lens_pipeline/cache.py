@@ -94,9 +94,49 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("logit_lens_strs", "str", "[L, T]", "logit_lens", "its string"),
     ArraySpec("hooks", "float16", "as the hook, padding removed", "hooks",
               "any other TransformerLens hook (member `hooks/<name>`)"),
+    # Explaining a prediction (lens_pipeline/explain.py). G targets: 1, or T - 1 with "target_positions": "all".
+    ArraySpec("target_positions", "int32", "[G]", "targets",
+              "the position whose next-token prediction each target explains (sources are positions ≤ it)"),
+    ArraySpec("target_ids", "int32", "[G, 2]", "targets",
+              "the target token and the contrast token (-1: none); default target: the top-1 prediction after the last token"),
+    ArraySpec("target_strs", "str", "[G, 2]", "targets", "their strings (empty: none)"),
+    ArraySpec("target_values", "float32", "[G]", "targets",
+              "what is explained, f: the target's logit, or logit(target) - logit(contrast)"),
+    ArraySpec("attr_grad_x_input", "float32", "[G, T]", "attribution",
+              "gradient × input: Σ over d_model of ∂f/∂(token embedding) · token embedding, per source token"),
+    ArraySpec("attr_grad_norm", "float32", "[G, T]", "attribution", "L2 norm of ∂f/∂(token embedding) per source token"),
+    ArraySpec("attr_ig", "float32", "[G, T]", "attribution",
+              "integrated gradients from the baseline (settings `ig_baseline`, `ig_steps`, `ig_rule`)"),
+    ArraySpec("ig_baseline_values", "float32", "[G]", "attribution", "f at the integrated-gradients baseline"),
+    ArraySpec("ig_completeness", "float32", "[G]", "attribution",
+              "completeness error: abs(Σ attr_ig - (f(x) - f(baseline))) / abs(f(x) - f(baseline))"),
+    ArraySpec("logit_attr_heads", "float32", "[G, L, H]", "logit_attribution",
+              "direct logit attribution of f to each attention head (final norm's scale frozen at its actual value)"),
+    ArraySpec("logit_attr_mlp", "float32", "[G, L]", "logit_attribution", "… to each MLP"),
+    ArraySpec("logit_attr_embed", "float32", "[G]", "logit_attribution", "… to the embeddings (token + position)"),
+    ArraySpec("logit_attr_bias", "float32", "[G]", "logit_attribution",
+              "… to the biases (attention output, final norm, unembedding): the four parts sum to `target_values`"),
+    ArraySpec("lens_rows", "str", "[R]", "lens_trajectory",
+              "what each lens row reads: `L{l} post` after layer l (R = L), plus `L{l} mid` after its attention "
+              "with `--lens-resid-mid` (R = 2L)"),
+    ArraySpec("lens_top_ids", "int32", "[R, T, 5]", "lens_trajectory",
+              "the 5 most likely next tokens per row and position, through the final norm and unembedding"),
+    ArraySpec("lens_top_probs", "float16", "[R, T, 5]", "lens_trajectory", "their probabilities"),
+    ArraySpec("lens_top_strs", "str", "[R, T, 5]", "lens_trajectory", "their strings"),
+    ArraySpec("lens_actual_probs", "float32", "[R, T]", "lens_trajectory",
+              "probability of the actual next token (NaN at the last position)"),
+    ArraySpec("lens_actual_ranks", "int32", "[R, T]", "lens_trajectory", "its rank (0 = top; -1 at the last position)"),
+    ArraySpec("lens_entropy", "float32", "[R, T]", "lens_trajectory", "entropy of the row's next-token distribution (nats)"),
+    ArraySpec("lens_kl", "float32", "[R, T]", "lens_trajectory",
+              "KL(final ‖ row) in nats: how far the row's distribution is from the model's output"),
+    ArraySpec("token_logprobs", "float32", "[T]", "lens_trajectory",
+              "the model's log-probability of each actual next token (position p: token p + 1; NaN at the last); "
+              "minus it is the per-token loss"),
 )
 SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`", "top_k": "`--top-k`",
-                 "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`"}
+                 "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`",
+                 "targets": "`--attribution` or `--logit-attribution`", "attribution": "`--attribution`",
+                 "logit_attribution": "`--logit-attribution`", "lens_trajectory": "`--lens-trajectory`"}
 
 
 def arrays_markdown() -> str:
@@ -141,9 +181,30 @@ class ExtractSettings:
     logit_lens: bool = False
     max_tokens: int = 1024
     dtype: str = "auto"  # as asked: "auto" is float32 on CPU, float16 on CUDA (meta records which)
+    # Explaining a prediction (lens_pipeline/explain.py; targets per prompt from its JSONL fields).
+    attribution: tuple[str, ...] = ()  # input attribution methods: grad_x_input, grad_norm, ig
+    ig_steps: int = 64
+    ig_baseline: str = "space"  # what each token's embedding starts from (explain.IG_BASELINES)
+    ig_rule: str = "gausslegendre"  # the integration rule, named as Captum names it
+    logit_attribution: bool = False  # direct logit attribution to embeddings, heads, MLPs
+    lens_trajectory: bool = False  # top-5, actual token's probability and rank, entropy, KL per layer
+    lens_resid_mid: bool = False  # the lens trajectory after each attention too
+
+    def __post_init__(self) -> None:
+        # Lists (JSON, keywords) and "a,b" strings become tuples, so recorded settings compare equal.
+        for name in ("hooks", "attribution"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                parts = value.split(",") if isinstance(value, str) else value
+                object.__setattr__(self, name, tuple(p.strip() for p in parts if p.strip()))
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"hooks": list(self.hooks)}
+        values = dataclasses.asdict(self) | {"hooks": list(self.hooks), "attribution": list(self.attribution)}
+        defaults = _DEFAULT_VALUES
+        # Explanation settings all at their defaults are left out: caches made before they existed keep their settings_id.
+        if all(values[name] == defaults[name] for name in EXPLAIN_FIELDS):
+            values = {k: v for k, v in values.items() if k not in EXPLAIN_FIELDS}
+        return values
 
     @property
     def settings_id(self) -> str:
@@ -160,6 +221,11 @@ class ExtractSettings:
         extras_ok = dataclasses.replace(other, hooks=self.hooks, logit_lens=self.logit_lens)
         return (extras_ok == self and set(self.hooks) <= set(other.hooks)
                 and (other.logit_lens or not self.logit_lens))
+
+
+EXPLAIN_FIELDS = ("attribution", "ig_steps", "ig_baseline", "ig_rule", "logit_attribution", "lens_trajectory",
+                  "lens_resid_mid")
+_DEFAULT_VALUES = {f.name: f.default for f in dataclasses.fields(ExtractSettings)} | {"attribution": []}
 
 
 def prompt_hash(model_id: str, text: str) -> str:
@@ -313,6 +379,27 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.model!r}, {self.prompt_hash}, {self.n_tokens} tokens)"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a cache: model, prompt start, tokens, layers × heads, settings, arrays."""
+        import html
+
+        from lens_pipeline.display import settings_summary  # display imports this module
+
+        text = " ".join(self.text.split())
+        families: dict[str, list[str]] = {}
+        for name in self.names():
+            families.setdefault(array_family(name), []).append(name)
+        arrays = [f"{family} ×{len(names)}" if len(names) > 1 else
+                  f"{family} {'×'.join(map(str, self.meta['arrays'][names[0]]['shape']))}" for family, names in families.items()]
+        settings = settings_summary(self.meta.get("settings"), self.meta)
+        rows = [("model", self.model), ("prompt", text[:100] + ("…" if len(text) > 100 else "")),
+                ("tokens", str(self.n_tokens)), ("layers × heads", f"{self.n_layers} × {self.n_heads}"),
+                ("settings", ", ".join(f"{label} {value}" for label, value in settings)),
+                ("arrays", ", ".join(arrays)), ("file", self.path.name)]
+        left = ' style="text-align:left"'
+        cells = "".join(f"<tr><th{left}>{html.escape(k)}</th><td{left}>{html.escape(v)}</td></tr>" for k, v in rows)
+        return f"<table>{cells}</table>"
 
     def __getitem__(self, name: str) -> np.ndarray:
         """TransformerLens-style names where one applies: `cache["blocks.18.attn.hook_pattern"]` is

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lens_pipeline import explain
 from lens_pipeline.cache import (
     BYTE_PLANE_ENCODINGS,
     FIXED_POINT_LEVELS,
@@ -26,6 +27,7 @@ from lens_pipeline.models import LoadedModel
 class Tokenized:
     ids: list[int]
     truncated_from: int | None = None  # original length when cut to max_tokens
+    targets: explain.Targets | None = None  # what to explain (explain.resolve_targets); None: the default
 
 
 @dataclass
@@ -280,10 +282,14 @@ def run_batch(
     # either), which on CPU saved the page faults of ~1 GB of new memory per batch.
     kept = _Kept.empty(bridge.cfg.n_layers)
     hooks = _reducing_hooks(model, settings, kept, real, lengths)
-    logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
+    explained: dict[str, Any] = {}
+    if explain.explains(settings):  # the same forward, with the explanation hooks (and gradients) added
+        logits, explained = explain.forward(model, settings, batch, input_ids, attention_mask, hooks)
+    else:
+        logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
     if any(value is None for value in kept.patterns + kept.norms + (kept.neurons if settings.n_neurons > 0 else [])):
         raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
-    out = _device_outputs(model, settings, kept, logits)
+    out = _device_outputs(model, settings, kept, logits, explained)
     del logits  # device memory back before the host work
     kept.residuals.clear()
     host = to_host(out)
@@ -299,7 +305,8 @@ def _reducing_hooks(
 
     def keep(target: Any, key: Any, reduce: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor, Any], None]:
         def hook(value: torch.Tensor, hook: Any) -> None:  # returns None: the forward goes on unchanged
-            target[key] = reduce(value)
+            with torch.no_grad():  # an explaining forward may track gradients; what is kept here needs none
+                target[key] = reduce(value)
 
         return hook
 
@@ -311,8 +318,8 @@ def _reducing_hooks(
         hooks.append((f"blocks.{layer}.attn.hook_pattern",
                       keep(kept.patterns, layer, lambda p: encode_patterns(p, settings.pattern_encoding, model.causal))))
         hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.norms, layer + 1, norm)))
-        if settings.logit_lens:
-            hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.residuals, layer, lambda r: r)))
+        if settings.logit_lens and not explain.lens_on(settings):  # the trajectory's top-5 gives the top-1
+            hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.residuals, layer, lambda r: r.detach())))
         if settings.n_neurons > 0:
             hooks.append((f"blocks.{layer}.mlp.hook_post",
                           keep(kept.neurons, layer, lambda post: top_variance_neurons(post, real, settings.n_neurons))))
@@ -322,13 +329,20 @@ def _reducing_hooks(
     return hooks
 
 
-def _device_outputs(model: LoadedModel, settings: ExtractSettings, kept: _Kept, logits: torch.Tensor) -> dict[str, Any]:
+def _device_outputs(
+    model: LoadedModel, settings: ExtractSettings, kept: _Kept, logits: torch.Tensor, explained: dict[str, Any],
+) -> dict[str, Any]:
     """On the device: what is left to reduce, ready for one transfer to the host."""
     bridge = model.bridge
     out: dict[str, Any] = {"patterns": kept.patterns, "resid_norms": torch.stack(kept.norms)}  # [L+1, B, T]
     top_probs, top_ids = top_predictions(logits.float(), settings.top_k)  # the logits are not needed after
     out["topk_probs"], out["topk_ids"] = top_probs.to(torch.float16), top_ids.to(torch.int32)
-    if settings.logit_lens:
+    out.update(explained)
+    if settings.logit_lens and explain.lens_on(settings):  # each layer's top-1 from its row: no second unembedding
+        post = [row for row, name in enumerate(explain.lens_row_names(settings, bridge.cfg.n_layers)) if name.endswith("post")]
+        out["logit_lens_probs"] = explained["lens_top_probs"][post, ..., 0]
+        out["logit_lens_ids"] = explained["lens_top_ids"][post, ..., 0]
+    elif settings.logit_lens:
         lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in kept.residuals]
         out["logit_lens_probs"] = torch.stack([m.values for m in lens]).to(torch.float16)  # [L, B, T]
         out["logit_lens_ids"] = torch.stack([m.indices for m in lens]).to(torch.int32)
@@ -366,4 +380,6 @@ def _prompt_arrays(
         arrays["logit_lens_strs"] = token_strings(arrays["logit_lens_ids"])
     for hook in settings.hooks:
         arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
+    if explain.explains(settings):
+        arrays.update(explain.prompt_arrays(settings, host, row, length, token_strings, model.bridge.cfg.n_layers))
     return arrays

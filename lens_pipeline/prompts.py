@@ -33,12 +33,52 @@ class PromptFileError(Exception):
     """The prompt file as a whole cannot be used (missing, unreadable, no prompts)."""
 
 
+# Optional JSONL fields naming what to explain (lens_pipeline/explain.py): a "target" token string,
+# a "contrast" pair [A, B] (logit of A minus logit of B), or "target_positions": "all" (every actual
+# next token) instead of the default "last" (the top-1 prediction after the last token).
+TARGET_FIELDS = ("target", "contrast", "target_positions")
+TARGET_POSITIONS = ("last", "all")
+
+
+def target_request(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The target fields a prompt sets: part of what a cache that explains it was made for."""
+    return {key: metadata[key] for key in TARGET_FIELDS if key in metadata}
+
+
+def target_problem(record: dict[str, Any]) -> str | None:
+    """Why a JSONL record's target fields cannot be used, or None."""
+    target, contrast = record.get("target"), record.get("contrast")
+    positions = record.get("target_positions", "last")
+    if target is not None and (not isinstance(target, str) or not target):
+        return '"target" must be a non-empty token string, e.g. " Paris"'
+    if contrast is not None and not (isinstance(contrast, list) and len(contrast) == 2
+                                     and all(isinstance(t, str) and t for t in contrast)):
+        return '"contrast" must be a pair of token strings, e.g. [" Paris", " London"]'
+    if target is not None and contrast is not None:
+        return 'give "target" or "contrast", not both'
+    if positions not in TARGET_POSITIONS:
+        return f'"target_positions" must be one of {list(TARGET_POSITIONS)}, not {positions!r}'
+    if positions == "all" and (target is not None or contrast is not None):
+        return '"target_positions": "all" explains every actual next token; it takes no "target" or "contrast"'
+    return None
+
+
 def _is_jsonl(path: Path, first_line: str) -> bool:
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return True
     if path.suffix.lower() == ".txt":
         return False
     return first_line.lstrip().startswith("{")
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """Why a JSONL object is not a usable prompt, or None."""
+    text = record.get("text")
+    if not isinstance(text, str):
+        return 'no "text" string field'
+    if not text.strip():
+        return '"text" is empty'
+    return target_problem(record)
 
 
 def read_prompts(path: str | os.PathLike[str]) -> tuple[list[Prompt], list[PromptError]]:
@@ -71,15 +111,12 @@ def read_prompts(path: str | os.PathLike[str]) -> tuple[list[Prompt], list[Promp
         if not isinstance(record, dict):
             errors.append(PromptError(source, 'expected a JSON object like {"text": "..."}'))
             continue
-        text = record.get("text")
-        if not isinstance(text, str):
-            errors.append(PromptError(source, 'no "text" string field'))
-            continue
-        if not text.strip():
-            errors.append(PromptError(source, '"text" is empty'))
+        problem = _record_problem(record)
+        if problem:
+            errors.append(PromptError(source, problem))
             continue
         metadata = {key: value for key, value in record.items() if key != "text"}
-        prompts.append(Prompt(text, source, metadata))
+        prompts.append(Prompt(record["text"], source, metadata))
     if not prompts:
         detail = f"; first problem: {errors[0]}" if errors else ""
         raise PromptFileError(f"{path}: no usable prompts{detail}")

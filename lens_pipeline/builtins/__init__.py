@@ -4,6 +4,7 @@ with the same decorator a user's own figure functions use."""
 from lens_pipeline.builtins import (  # noqa: F401
     attention,
     attention_stats,
+    explain,
     knitting,
     predictions,
     projection,
