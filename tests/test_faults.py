@@ -395,7 +395,13 @@ def test_two_runs_of_each_stage_at_once(tmp_path: Path, prompts: Path, clean: di
     assert_same_result(save, clean["caches"], "caches")
 
     fast = [name for name in FIGURES if name != "knitting_pattern"]  # knitting: 0.4 s a prompt
-    written = finish_together([start(figures_cmd(save, figures=fast)) for _ in range(2)], "figure")
+    caches_only = index.index_path(save).read_bytes()
+    for _attempt in range(3):  # on a busy machine one run may start after the other has finished: retry
+        written = finish_together([start(figures_cmd(save, figures=fast)) for _ in range(2)], "figure")
+        if written > len(TEXTS) * 11:
+            break
+        shutil.rmtree(save / "figures")
+        index.index_path(save).write_bytes(caches_only)
     assert written > len(TEXTS) * 11  # they overlapped
     assert_one_row_per_output(save)
     assert_consistent(save)
