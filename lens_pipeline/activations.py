@@ -27,8 +27,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from lens_pipeline import index
-from lens_pipeline.cache import (
+from lens_pipeline.capture.models import DEFAULT_MODEL, ModelLoadError, ModelSource, slug
+from lens_pipeline.capture.prompts import Prompt, PromptFileError, read_prompts, target_request
+from lens_pipeline.distributed import DistributedError
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import (
     DEFAULT_PATTERN_ENCODING,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,
@@ -39,9 +42,6 @@ from lens_pipeline.cache import (
     serialize,
     write_atomic,
 )
-from lens_pipeline.distributed import DistributedError
-from lens_pipeline.models import DEFAULT_MODEL, ModelLoadError, ModelSource, slug
-from lens_pipeline.prompts import Prompt, PromptFileError, read_prompts, target_request
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 DEFAULT_SAVE_PATH = "attn_data"
@@ -181,12 +181,12 @@ def run_activations(
     """Run the stage from Python; returns counts. `settings`, or its fields as keywords (batch_size=4,
     logit_lens=True, ...; see ActivationsSettings and ExtractSettings). Raises ModelLoadError,
     PromptFileError, SavePathError."""
-    from lens_pipeline import models as model_sources
+    from lens_pipeline.capture import models as model_sources
 
     settings = settings or ActivationsSettings.build(**options)
     log = log or _to_stderr
     if _explains(settings.extract):  # a wrong method name fails now, not after the model loads
-        from lens_pipeline import explain
+        from lens_pipeline.capture import explain
 
         explain.check_settings(settings.extract)
     started = time.perf_counter()
@@ -227,7 +227,7 @@ def run_activations(
 def _run_model(
     source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
 ) -> tuple[int, int]:
-    from lens_pipeline import models as model_sources
+    from lens_pipeline.capture import models as model_sources
 
     if settings.ray:
         return _run_model_on_ray(source, todo, save_path, settings, log)
@@ -322,7 +322,7 @@ def run_prompts(
     rows to `record` (default: append them to the index). Returns (written, failed)."""
     import torch
 
-    from lens_pipeline import extract
+    from lens_pipeline.capture import extract
 
     source, save_path, log = model.source, Path(save_path), log or _to_stderr
     record = record or (lambda rows: index.append_rows(save_path, rows))
@@ -330,7 +330,7 @@ def run_prompts(
     if unknown:
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
     if _explains(settings):
-        from lens_pipeline import explain
+        from lens_pipeline.capture import explain
 
         explain.check_model(model, settings)
     limit = extract.context_limit(model, settings)
@@ -394,7 +394,7 @@ def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> 
     explained are removed and returned with the error."""
     if not (settings.attribution or settings.logit_attribution):
         return []
-    from lens_pipeline import explain
+    from lens_pipeline.capture import explain
 
     rejected, kept = [], []
     for prompt, hash_, tokens in items:
@@ -409,7 +409,7 @@ def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> 
 
 def _model_meta(model: Any, settings: ExtractSettings) -> dict[str, Any]:
     """What every cache of this model and these settings says about where it came from."""
-    from lens_pipeline import models
+    from lens_pipeline.capture import models
 
     meta = {
         "model": model.source.name,
@@ -441,7 +441,7 @@ def _run_model_on_ray(
     Workers write cache files; only this process appends index rows, each shard's exactly once
     even when a killed worker's shard is retried."""
     from lens_pipeline import distributed
-    from lens_pipeline import models as model_sources
+    from lens_pipeline.capture import models as model_sources
 
     # Shards of similar lengths (characters ~ tokens), so each worker's batches pad little.
     shards = distributed.chunks(sorted(todo, key=lambda item: len(item[0].text)), 4 * settings.batch_size)
@@ -478,7 +478,7 @@ def _serialize_cache(
     """(where it goes, the cache file's bytes, its index row): the CPU part of saving a cache."""
     explained = {}
     if "target_ids" in arrays:  # the targets and the IG completeness error, in the meta and the index row
-        from lens_pipeline import explain
+        from lens_pipeline.capture import explain
 
         explained = {"explain": explain.summary(arrays, settings)}
         meta = dict(meta, **explained)

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlencode
 
-from lens_pipeline import index
-from lens_pipeline.display import FIGURE_STATUSES
-from lens_pipeline.live_index import IndexView, LiveIndex
+from lens_pipeline.draw.display import FIGURE_STATUSES
 from lens_pipeline.server import PAGE_CSP, STATIC_DIR
+from lens_pipeline.store import index
 from lens_pipeline.viewer import Params, ViewerApi, resolve_inside
 from lens_pipeline.viewer.bundle import bundle, stylesheet
+from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.rows import prompt_row, public_row
 from lens_pipeline.viewer.transport import answer_key, ask, script_json
 

@@ -4,7 +4,7 @@
 
 From a notebook:
 
-    from lens_pipeline.registry import register_figure
+    from lens_pipeline.draw.registry import register_figure
     from lens_pipeline.figures import run_figures
 
     @register_figure(scope="prompt", formats="png")
@@ -43,11 +43,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from lens_pipeline import index
-from lens_pipeline.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
+from lens_pipeline.capture.models import slug
 from lens_pipeline.distributed import DistributedError
-from lens_pipeline.models import slug
-from lens_pipeline.registry import REGISTRY, FigureSpec, SkipFigure
+from lens_pipeline.draw.registry import REGISTRY, FigureSpec, SkipFigure
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
 
 
 class FigureParamError(ValueError):
@@ -125,7 +125,7 @@ class FiguresSummary:
 
 def load_builtins() -> None:
     """Register the built-in figures (the same decorator a user's functions use)."""
-    import lens_pipeline.builtins  # noqa: F401  (importing registers them)
+    import lens_pipeline.draw.builtins  # noqa: F401  (importing registers them)
 
 
 def import_figures(name: str) -> None:

@@ -2,10 +2,10 @@
 
     python -m lens_pipeline.server --save-path attn_data [--host 127.0.0.1] [--port 8000]
 
-The page (lens_pipeline/static: index.html, style.css and ES modules, main.js first; nothing from
+The page (lens_pipeline/viewer/static: index.html, style.css and ES modules, main.js first; nothing from
 the network, no build step) browses the figure rows of SAVE_PATH/index.jsonl and draws attention
 heads and token values from the exact numbers in the cache files, with the colours and labels the
-API sends (lens_pipeline/display.py). The index is re-read when it changes (only the appended tail).
+API sends (lens_pipeline/draw/display.py). The index is re-read when it changes (only the appended tail).
 
 Routes: /api/... (JSON, read-only; listed with their parameters in lens_pipeline/viewer/api.py),
 /files/<path> (a file under the save path, never outside it), / and /static/... (the page).
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from lens_pipeline import __version__, index
+from lens_pipeline import __version__
+from lens_pipeline.store import index
 from lens_pipeline.viewer import ApiError, ViewerApi, resolve_inside
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = Path(__file__).parent / "viewer" / "static"
 DEFAULT_PORT = 8000
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "

@@ -39,8 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lens_pipeline import activations, extract, index, models
-from lens_pipeline.cache import (
+from lens_pipeline import activations
+from lens_pipeline.capture import extract, models
+from lens_pipeline.capture.models import forget_loaded, resolve
+from lens_pipeline.capture.prompts import read_prompts
+from lens_pipeline.capture.random_models import resolve as resolve_random
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import (
     DEFAULT_PATTERN_ENCODING,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,
@@ -51,9 +56,6 @@ from lens_pipeline.cache import (
     prompt_hash,
     write_npy_zst,
 )
-from lens_pipeline.models import forget_loaded, resolve
-from lens_pipeline.prompts import read_prompts
-from lens_pipeline.random_models import resolve as resolve_random
 
 TARGETS = {"throughput_ratio": 0.85, "bytes_ratio": 1 / 8, "rerun_s": 3.0}
 
@@ -167,8 +169,8 @@ def figure_rates(save_path: Path, hashes: list[str]) -> dict[str, dict[str, Any]
     """Figures/s for each registered figure kind, drawn by the figures stage on `hashes`."""
     if importlib.util.find_spec("lens_pipeline.figures") is None:
         return {}
+    from lens_pipeline.draw.registry import REGISTRY
     from lens_pipeline.figures import load_builtins, run_figures
-    from lens_pipeline.registry import REGISTRY
 
     load_builtins()
     rates = {}

@@ -26,18 +26,18 @@ from typing import Any
 
 import torch
 
-from lens_pipeline import extract, models
-from lens_pipeline.cache import ExtractSettings
-from lens_pipeline.prompts import read_prompts
+from lens_pipeline.capture import extract, models
+from lens_pipeline.capture.prompts import read_prompts
+from lens_pipeline.store.cache import ExtractSettings
 
 TARGETS = {"grad × input": 1.0, "logit attribution": 1.0, "lens trajectory": 0.5}
 METHODS: dict[str, dict[str, Any]] = {
     "grad × input": {"attribution": ("grad_x_input",)},
     "grad × input + norm": {"attribution": ("grad_x_input", "grad_norm")},
-    "IG, 32 steps": {"attribution": ("ig",), "ig_steps": 32},
-    "IG, 64 steps": {"attribution": ("ig",), "ig_steps": 64},
+    "IG 32 steps": {"attribution": ("ig",), "ig_steps": 32},
+    "IG 64 steps": {"attribution": ("ig",), "ig_steps": 64},
     "logit attribution": {"logit_attribution": True},
-    "logit lens (top-1, existing)": {"logit_lens": True},
+    "logit lens top-1 (existing)": {"logit_lens": True},
     "lens trajectory": {"lens_trajectory": True, "logit_lens": True},
 }
 
@@ -117,7 +117,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         cells = [f"+{r['methods'][name]['extra_forwards']:.2f}" if name in r["methods"] else "–" for r in results]
         target = f"≤ {TARGETS[name]:g}" if name in TARGETS else ""
         print(f"| {name} | " + " | ".join(cells) + f" | {target} |")
-    lens, top1 = "lens trajectory", "logit lens (top-1, existing)"
+    lens, top1 = "lens trajectory", "logit lens top-1 (existing)"
     if all(lens in r["methods"] and top1 in r["methods"] for r in results):
         cells = [f"+{r['methods'][lens]['extra_forwards'] - r['methods'][top1]['extra_forwards']:.2f}" for r in results]
         print("| lens trajectory - logit lens | " + " | ".join(cells) + " | |")

@@ -4,7 +4,7 @@
     python scripts/bench_figures.py --save-path attn_data    # the caches an activations run wrote
     python scripts/bench_figures.py --all --stage            # also every built-in, and the full stage
 
-Synthetic caches are real cache files (written with lens_pipeline.cache.serialize in the default
+Synthetic caches are real cache files (written with lens_pipeline.store.cache.serialize in the default
 pattern encoding, read back through the lazy reader) holding random causal softmax patterns, so the measured path is the
 one the stage runs: open cache, decode each layer once, colour, enlarge, PNG-encode. Target
 for attention_heatmap: >= 2,000 figures/s/core on 100-token prompts.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lens_pipeline import index
-from lens_pipeline.cache import (
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import (
     DEFAULT_PATTERN_ENCODING,
     PATTERN_MAX_ERROR,
     CacheContents,
@@ -90,8 +90,8 @@ def cached_paths(save_path: Path, model: str | None, limit: int) -> list[Path]:
 
 def bench_fast_heatmap(paths: list[Path], repeats: int) -> None:
     """Figures/s for attention_heatmap, PNG-encoded as the stage encodes it (compress_level=1)."""
-    from lens_pipeline.builtins.attention import attention_heatmap
-    from lens_pipeline.colormap import png_bytes
+    from lens_pipeline.draw.builtins.attention import attention_heatmap
+    from lens_pipeline.draw.colormap import png_bytes
 
     rates, sizes, tokens = [], [], []
     for _ in range(repeats):
@@ -111,9 +111,9 @@ def bench_fast_heatmap(paths: list[Path], repeats: int) -> None:
 
 def bench_all(path: Path) -> None:
     """Seconds per figure for every built-in on one cache, rendered as the stage renders them."""
-    import lens_pipeline.builtins  # noqa: F401
+    import lens_pipeline.draw.builtins  # noqa: F401
+    from lens_pipeline.draw.registry import REGISTRY, SkipFigure
     from lens_pipeline.figures import render
-    from lens_pipeline.registry import REGISTRY, SkipFigure
 
     with load(path) as cache:
         print(f"every built-in on one cache ({cache.n_tokens} tokens):")

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from lens_pipeline import index
 from lens_pipeline.server import STATIC_DIR, make_server
+from lens_pipeline.store import index
 
 TARGET_OPEN_S = 2.0
 

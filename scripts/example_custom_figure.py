@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lens_pipeline import index
 from lens_pipeline.activations import run_activations
-from lens_pipeline.cache import Cache
+from lens_pipeline.draw.registry import register_figure
 from lens_pipeline.figures import run_figures
-from lens_pipeline.registry import register_figure
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache
 
 
 @register_figure(scope="layer", formats=("json", "png"))

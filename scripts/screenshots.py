@@ -101,7 +101,7 @@ tick();
 
 
 def widget_page(widget: Any, kernel: dict[str, dict[str, Any]] | None = None, code: str = "") -> str:
-    """The HTML page of WIDGET_PAGE for a lens_pipeline.show widget; `kernel`: answer_key -> reply."""
+    """The HTML page of WIDGET_PAGE for a lens_pipeline.notebook.show widget; `kernel`: answer_key -> reply."""
     import html
     import re
 
@@ -122,8 +122,8 @@ def _ready(driver: webdriver.Chrome, selector: str, images: bool = False) -> Non
 
 def _widget_head(driver: webdriver.Chrome, cache_path: Path, layer: int, head: int, folder: Path) -> None:
     """`show.head(cache, layer, head)` as a notebook shows it, a cell hovered."""
-    from lens_pipeline import show
-    from lens_pipeline.cache import load
+    from lens_pipeline.notebook import show
+    from lens_pipeline.store.cache import load
 
     widget = show.head(load(cache_path), layer, head, token=4)
     page = folder / "widget.html"

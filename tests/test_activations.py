@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import MIXED_PROMPTS, REPO, write_jsonl
-from lens_pipeline import index
 from lens_pipeline.activations import run_activations
-from lens_pipeline.cache import PATTERN_MAX_ERROR, Cache, prompt_hash
-from lens_pipeline.models import load_reusing, resolve
+from lens_pipeline.capture.models import load_reusing, resolve
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import PATTERN_MAX_ERROR, Cache, prompt_hash
 
 
 def caches_by_text(save_path: Path) -> dict[str, Cache]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, python_cmd, write_jsonl
-from lens_pipeline.cache import PATTERN_ENCODINGS, PATTERN_MAX_ERROR
+from lens_pipeline.store.cache import PATTERN_ENCODINGS, PATTERN_MAX_ERROR
 
 TEXTS = ["To be, or not to be: that is the question:", "Hi there", "Friends, Romans, countrymen, lend me your ears.",
          "Double, double toil and trouble; fire burn and cauldron bubble.", "Now is the winter of our discontent."]

@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from lens_pipeline import cache as cache_mod
-from lens_pipeline import colormap, display
-from lens_pipeline.token_values import per_token_values
+from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.token_values import per_token_values
+from lens_pipeline.store import cache as cache_mod
 from viewer_data import (  # noqa: F401  (fixtures save_path, server, driver)
     MODELS,
     VIEWER_PROMPTS,
@@ -51,7 +51,7 @@ def choose(driver: Any, name: str, value: str) -> None:
 
 
 def show_token(token: str) -> str:
-    """What the page shows for a token: the server writes it (lens_pipeline.display), the page only shows it."""
+    """What the page shows for a token: the server writes it (lens_pipeline.draw.display), the page only shows it."""
     return display.token_label(token)
 
 
@@ -241,7 +241,7 @@ def test_overview_opens_a_head_and_predictions_are_the_cache(driver, server, sav
 def test_colours_on_the_page_are_the_colormap_tables(driver, server, save_path: Path) -> None:
     row = cache_row(save_path, MODELS[0], "capital")
     with cache_mod.load(save_path / row["path"]) as cache:
-        # Tokens: background and text colour of each token, as lens_pipeline.colormap gives them.
+        # Tokens: background and text colour of each token, as lens_pipeline.draw.colormap gives them.
         open_view(driver, server, f"#view=tokens&model={MODELS[0]}&prompt={row['prompt_hash']}&value=top1_prob")
         spans = wait(driver, lambda d: (s := css(d, ".tv")) and len(s) == cache.n_tokens and s)
         expected = per_token_values(cache, "top1_prob").colors()

@@ -16,13 +16,13 @@ import pytest
 from matplotlib.colors import Normalize, to_hex
 from PIL import Image
 
-import lens_pipeline.builtins  # noqa: F401  (registers the built-ins)
-from lens_pipeline import index
+import lens_pipeline.draw.builtins  # noqa: F401  (registers the built-ins)
 from lens_pipeline.activations import run_activations
-from lens_pipeline.builtins import attention, attention_stats, predictions, projection, summary, tokens
-from lens_pipeline.builtins.plotting import token_label
-from lens_pipeline.cache import Cache, CacheContents, serialize, write_atomic
-from lens_pipeline.registry import REGISTRY, SkipFigure
+from lens_pipeline.draw.builtins import attention, attention_stats, predictions, projection, summary, tokens
+from lens_pipeline.draw.builtins.plotting import token_label
+from lens_pipeline.draw.registry import REGISTRY, SkipFigure
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache, CacheContents, serialize, write_atomic
 
 VIRIDIS = matplotlib.colormaps["viridis"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from lens_pipeline.cache import (
+from lens_pipeline.store.cache import (
     BYTE_PLANE_ENCODINGS,
     PATTERN_ENCODINGS,
     PATTERN_MAX_ERROR,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import SHORT_TEXTS, write_jsonl
-from lens_pipeline import index
 from lens_pipeline.activations import run_activations
-from lens_pipeline.cache import Cache
+from lens_pipeline.capture.models import ModelLoadError
 from lens_pipeline.distributed import DistributedError, chunks, run_shards
-from lens_pipeline.models import ModelLoadError
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install ray): the --ray backend cannot run")
 
@@ -127,8 +127,8 @@ def test_activations_on_ray_equal_a_single_process_run(tmp_path: Path) -> None:
 def test_figures_on_ray_equal_a_single_process_run_including_a_notebook_figure(tmp_path: Path) -> None:
     import shutil
 
+    from lens_pipeline.draw.registry import REGISTRY, register_figure
     from lens_pipeline.figures import run_figures
-    from lens_pipeline.registry import REGISTRY, register_figure
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS[:3]])
     run_activations("tiny-llama", prompts, tmp_path / "single", random_weights=True, progress=False)

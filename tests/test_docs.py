@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lens_pipeline import models
-from lens_pipeline.cache import arrays_markdown
+from lens_pipeline.capture import models
+from lens_pipeline.draw.registry import REGISTRY
 from lens_pipeline.figures import load_builtins
-from lens_pipeline.registry import REGISTRY
+from lens_pipeline.store.cache import arrays_markdown
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -1,4 +1,4 @@
-"""Explaining a prediction (lens_pipeline/explain.py) on real models: input attribution against
+"""Explaining a prediction (lens_pipeline/capture/explain.py) on real models: input attribution against
 Captum, integrated gradients' completeness, direct logit attribution that adds up, the lens
 trajectory against the model's own output, targets, identity and figures.
 
@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from conftest import DATA, write_jsonl
-from lens_pipeline import explain, extract, index, models, prompts
 from lens_pipeline.activations import build_parser, run_activations, settings_from_args
-from lens_pipeline.cache import Cache, ExtractSettings
+from lens_pipeline.capture import explain, extract, models, prompts
+from lens_pipeline.capture.models import ModelLoadError
 from lens_pipeline.figures import run_figures
-from lens_pipeline.models import ModelLoadError
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache, ExtractSettings
 
 EVERYTHING = dict(attribution=("grad_x_input", "grad_norm", "ig"), logit_attribution=True, lens_trajectory=True,
                   logit_lens=True)
@@ -312,7 +313,7 @@ def test_figures_state_target_and_method_and_skip_what_does_not_apply(tmp_path: 
     assert [s for _, s in status].count("ok") == 9, status  # the matrix needs several targets
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert [r["function"] for r in skipped] == ["attribution_matrix"] and "several" in skipped[0]["reason"]
-    from lens_pipeline.builtins import explain as figures
+    from lens_pipeline.draw.builtins import explain as figures
 
     cache = next(c for c in caches_of(tmp_path / "out").values() if len(c.array("target_ids")) == 1)
     assert figures._target(cache, -1).text.startswith("“ the” after “:” (position")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, python_cmd
-from lens_pipeline import cache as cache_mod
 from lens_pipeline.export import META_CSP
 from lens_pipeline.server import PAGE_CSP
+from lens_pipeline.store import cache as cache_mod
 from lens_pipeline.viewer import ViewerApi
 from viewer_data import (  # noqa: F401  (fixture driver)
     VIEWER_PROMPTS,

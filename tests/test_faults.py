@@ -23,9 +23,9 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import REPO, SHORT_TEXTS, python_cmd, write_jsonl
-from lens_pipeline import index
 from lens_pipeline.activations import SavePathError, run_activations
 from lens_pipeline.figures import run_figures
+from lens_pipeline.store import index
 
 MODEL = "tiny-llama"  # architecture-only random weights: loads in about a second
 # One prompt per forward pass: a resumed run batches other prompts together than a clean run, and
@@ -324,7 +324,7 @@ def test_truncated_and_flipped_caches_are_reported_and_recomputed(tmp_path: Path
 
 def test_torn_and_garbage_lines_in_the_middle_of_the_index(tmp_path: Path, prompts: Path, clean: dict[str, Path],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from lens_pipeline.live_index import LiveIndex
+    from lens_pipeline.viewer.live_index import LiveIndex
 
     save = tmp_path / "save"
     shutil.copytree(clean["figures"], save)

@@ -13,10 +13,10 @@ import PIL.Image
 import pytest
 
 from conftest import MIXED_PROMPTS, REPO, write_jsonl
-from lens_pipeline import index
 from lens_pipeline.activations import run_activations
+from lens_pipeline.draw.registry import REGISTRY, SkipFigure, register_figure
 from lens_pipeline.figures import parse_range, run_figures
-from lens_pipeline.registry import REGISTRY, SkipFigure, register_figure
+from lens_pipeline.store import index
 
 CALLS: list[str] = []
 
@@ -70,7 +70,7 @@ def test_head_figures_are_written_indexed_and_resumed(save_path: Path) -> None:
     assert row["bytes"] == len(data) and row["sha256"] == index.sha256_bytes(data)
     assert row["layer"] == 0 and row["head"] in (0, 1) and row["params"] == {"gain": 1.0}
     # The image is the cached pattern: pixel = round-down of weight * 255.
-    from lens_pipeline.cache import Cache
+    from lens_pipeline.store.cache import Cache
 
     cache_row = next(r for r in index.read_rows(save_path) if r["kind"] == "cache" and r["prompt_hash"] == row["prompt_hash"])
     pattern = Cache(save_path / cache_row["path"]).pattern(0, row["head"])

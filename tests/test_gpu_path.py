@@ -14,18 +14,19 @@ import pytest
 import torch
 
 from conftest import SHORT_TEXTS
-from lens_pipeline import extract, index
 from lens_pipeline.activations import run_prompts
-from lens_pipeline.cache import (
+from lens_pipeline.capture import extract
+from lens_pipeline.capture.models import LoadedModel
+from lens_pipeline.capture.prompts import Prompt
+from lens_pipeline.capture.random_models import load, resolve
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import (
     PATTERN_ENCODINGS,
     Cache,
     ExtractSettings,
     encode_pattern,
     prompt_hash,
 )
-from lens_pipeline.models import LoadedModel
-from lens_pipeline.prompts import Prompt
-from lens_pipeline.random_models import load, resolve
 
 TEXTS = SHORT_TEXTS[:5]
 HOOK = "blocks.0.attn.hook_pattern"

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import SHORT_TEXTS, python_cmd, write_jsonl
-from lens_pipeline import index
 from lens_pipeline.activations import run_activations
-from lens_pipeline.cache import Cache
+from lens_pipeline.draw.registry import REGISTRY, register_figure
 from lens_pipeline.figures import FigureParamError, run_figures
-from lens_pipeline.registry import REGISTRY, register_figure
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache
 
 QUIET = dict(progress=False, log=lambda message: None)
 
@@ -180,7 +180,7 @@ def test_errors_keep_their_traceback_and_can_be_raised(run_copy: tuple[Path, Pat
     script = save.parent / "broken.py"
     script.write_text(textwrap.dedent(f'''
         import sys
-        from lens_pipeline.registry import register_figure
+        from lens_pipeline.draw.registry import register_figure
         from lens_pipeline.figures import main
 
         @register_figure(scope="prompt", formats="txt")

@@ -1,7 +1,7 @@
 import multiprocessing
 from pathlib import Path
 
-from lens_pipeline import index
+from lens_pipeline.store import index
 
 
 def _writer(save_path: str, worker: int, count: int) -> None:

@@ -409,8 +409,8 @@ EXPORTS = {"chart.svg", "chart.pdf", "pattern.md", "pattern.txt", "grid.json", "
 
 
 def test_registered_figure_end_to_end() -> None:
-    from lens_pipeline.builtins.knitting import knitting_pattern
-    from lens_pipeline.registry import REGISTRY
+    from lens_pipeline.draw.builtins.knitting import knitting_pattern
+    from lens_pipeline.draw.registry import REGISTRY
 
     spec = REGISTRY["knitting_pattern"]
     assert spec.scope == "prompt" and spec.params["width"] == 20 and spec.params["colours"] == 3

@@ -16,8 +16,9 @@ import pytest
 from huggingface_hub import constants
 
 from conftest import DATA, REPO
-from lens_pipeline import index, models
-from lens_pipeline.models import MODEL_SOURCES, ModelLoadError, ModelSource
+from lens_pipeline.capture import models
+from lens_pipeline.capture.models import MODEL_SOURCES, ModelLoadError, ModelSource
+from lens_pipeline.store import index
 
 TINY_REPO = "someorg/tiny"
 TINY_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -43,7 +44,7 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     in the hub's own layout: blobs/ named by hash, snapshots/<commit>/ of links, refs/main."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lens_pipeline import random_models
+    from lens_pipeline.capture import random_models
 
     home = tmp_path_factory.mktemp("hf_home")
     repo = home / "hub" / f"models--{TINY_REPO.replace('/', '--')}"
@@ -99,7 +100,7 @@ def test_an_unreachable_hub_model_fails_in_under_3_s_with_one_line(tmp_path: Pat
 
 def test_the_check_imports_nothing_heavy(tmp_path: Path) -> None:
     code = (
-        "import sys, lens_pipeline.models as m, lens_pipeline.random_models\n"
+        "import sys, lens_pipeline.capture.models as m, lens_pipeline.capture.random_models\n"
         f"heavy = {HEAVY!r}\n"
         "assert not [k for k in heavy if k in sys.modules], 'imported at module level'\n"
         "for name, random in (('smollm2', False), ('minilm', False), ('tiny-gpt2', True), ('gpt2', False)):\n"

@@ -1,6 +1,6 @@
 """The notebook experience with real components: a real Jupyter kernel (nbclient + ipykernel) runs a
 notebook that registers figures, runs the figures stage with 1 and 2 workers, redraws a redefined
-function, displays figures and opens `lens_pipeline.show` views; the widget's front end in headless
+function, displays figures and opens `lens_pipeline.notebook.show` views; the widget's front end in headless
 Chromium, drawing from the values Python computed (viewer_data: the browser and a tiny save path)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lens_pipeline import cache as cache_mod
-from lens_pipeline.token_values import per_token_values
+from lens_pipeline.draw.token_values import per_token_values
+from lens_pipeline.store import cache as cache_mod
 from viewer_data import (  # noqa: F401  (fixture driver)
     VIEWER_PROMPTS,
     XSS_IMG,
@@ -65,10 +65,10 @@ def notebook_cells(save_path: Path) -> list[str]:
     return [textwrap.dedent(cell).strip() for cell in [
         f'''
         from pathlib import Path
-        from lens_pipeline import show
-        from lens_pipeline.cache import load
+        from lens_pipeline.notebook import show
+        from lens_pipeline.store.cache import load
         from lens_pipeline.figures import run_figures
-        from lens_pipeline.registry import register_figure
+        from lens_pipeline.draw.registry import register_figure
         SAVE = Path({str(save_path)!r})
         ''',
         heat.format(scale=255) + '''
@@ -165,7 +165,7 @@ def kernel_replies(widget: Any, requests: list[tuple[str, dict[str, Any]]]) -> d
 def test_widget_front_end_shows_the_cached_values(driver, tiny: Path, tmp_path: Path) -> None:
     from screenshots import hover_cell
 
-    from lens_pipeline import show
+    from lens_pipeline.notebook import show
 
     cache = tiny_cache(tiny, "xss")
     widget = show.head(cache, 1, 2)
@@ -216,7 +216,7 @@ def test_widget_front_end_shows_the_cached_values(driver, tiny: Path, tmp_path: 
 
 
 def test_show_refuses_what_the_cache_cannot_give(tiny: Path) -> None:
-    from lens_pipeline import show
+    from lens_pipeline.notebook import show
 
     cache = tiny_cache(tiny)
     with pytest.raises(ValueError, match="layer 9 is out of range"):

@@ -83,7 +83,7 @@ def test_cli_imports_user_figures_and_lists_options(small_run: Path, tmp_path: P
     shutil.copytree(small_run, save)
     module = tmp_path / "my_figs.py"
     module.write_text(
-        "from lens_pipeline.registry import register_figure\n\n"
+        "from lens_pipeline.draw.registry import register_figure\n\n"
         "@register_figure(scope='prompt', formats='txt')\n"
         "def token_count(cache, prefix: str = 'n='):\n"
         "    '''How many tokens the prompt has.'''\n"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lens_pipeline.prompts import PromptFileError, read_prompts
+from lens_pipeline.capture.prompts import PromptFileError, read_prompts
 
 
 def test_jsonl_bad_lines_are_reported_with_file_and_line(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import REPO, write_jsonl
-from lens_pipeline import index, random_models
 from lens_pipeline.activations import run_activations
-from lens_pipeline.cache import Cache
-from lens_pipeline.models import ModelLoadError
+from lens_pipeline.capture import random_models
+from lens_pipeline.capture.models import ModelLoadError
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache
 
 PROMPTS = [{"text": "To be, or not to be: that is the question:"}, {"text": "Hi"},
            {"text": "Friends, Romans, countrymen, lend me your ears."}]

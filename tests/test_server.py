@@ -18,11 +18,12 @@ import pytest
 from bench_server import synthetic_index  # scripts/ is on sys.path (conftest): one synthetic index for bench and tests
 from PIL import Image
 
-from lens_pipeline import cache as cache_mod
-from lens_pipeline import colormap, display, index
-from lens_pipeline.builtins import tokens as token_figures
+from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.builtins import tokens as token_figures
+from lens_pipeline.draw.token_values import VALUE_KINDS, per_token_values
 from lens_pipeline.server import STATIC_DIR
-from lens_pipeline.token_values import VALUE_KINDS, per_token_values
+from lens_pipeline.store import cache as cache_mod
+from lens_pipeline.store import index
 from viewer_data import (  # noqa: F401  (fixtures save_path, server)
     MODELS,
     XSS_IMG,
@@ -196,7 +197,7 @@ def test_token_values_are_one_function_for_figure_and_viewer(server, save_path: 
 
 
 def test_a_value_kind_registered_in_python_reaches_the_page(server, save_path: Path) -> None:
-    from lens_pipeline.token_values import Reading, ValueKind, register_value_kind
+    from lens_pipeline.draw.token_values import Reading, ValueKind, register_value_kind
 
     kind = register_value_kind(ValueKind(
         "position", "token position", "index", colormap.ATTENTION_CMAP, ("tokens",),
@@ -238,7 +239,7 @@ def test_figure_rows_say_how_they_are_shown(server, save_path: Path) -> None:
 
 
 def test_old_rows_without_a_view_get_one(tmp_path: Path) -> None:
-    from lens_pipeline.live_index import LiveIndex
+    from lens_pipeline.viewer.live_index import LiveIndex
     from lens_pipeline.viewer.rows import public_row
 
     view = LiveIndex(tmp_path).view()

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from lens_pipeline import index
 from lens_pipeline.server import ViewerServer, make_server
+from lens_pipeline.store import index
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -107,7 +107,7 @@ def second_settings_copy(save_path: Path, dest: Path) -> dict[str, Any]:
     recorded after the first: that one is now current, and the figures drawn from the first are stale.
     Also recorded: a failed figure (with traceback), a skipped one, one marked stale by the figures
     stage, and a model-scope figure of a model with no cache left."""
-    from lens_pipeline.cache import CacheContents, ExtractSettings, load, serialize
+    from lens_pipeline.store.cache import CacheContents, ExtractSettings, load, serialize
 
     shutil.copytree(save_path, dest)
     old = cache_row(dest, MODELS[0], "capital")

@@ -10,7 +10,7 @@ Modules, one job each:
   exports       grid.json, grid.csv, the AYAB PNG
   bundle        every output file of one pattern
 
-The registered figure lives in lens_pipeline.builtins.knitting.
+The registered figure lives in lens_pipeline.draw.builtins.knitting.
 """
 
 from .bundle import pattern_files

@@ -24,11 +24,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from lens_pipeline import display
-from lens_pipeline.cache import Cache
-from lens_pipeline.live_index import LiveIndex
+from lens_pipeline.draw import display
+from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.browse import Browse
 from lens_pipeline.viewer.caches import CacheReader, IndexCaches, OneCache
+from lens_pipeline.viewer.live_index import LiveIndex
 from lens_pipeline.viewer.params import ApiError, Params
 
 CACHE = ("model", "prompt", "settings")  # a cache: the current one of (model, prompt), or by settings id

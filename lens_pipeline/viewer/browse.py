@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lens_pipeline import __version__
-from lens_pipeline.display import FIGURE_STATUSES
-from lens_pipeline.live_index import IndexView, LiveIndex
+from lens_pipeline.draw.display import FIGURE_STATUSES
+from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.params import ApiError, Params
 from lens_pipeline.viewer.rows import prompt_row, public_row
 

@@ -1,4 +1,4 @@
-"""The viewer's ES modules (lens_pipeline/static) as one script, with no build step and no node:
+"""The viewer's ES modules (lens_pipeline/viewer/static) as one script, with no build step and no node:
 for a notebook widget (anywidget takes one ES module string) and a static export (a page opened
 from file:// may not load module files).
 
@@ -15,7 +15,7 @@ import functools
 import re
 from pathlib import Path
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 IMPORT = re.compile(r'import \{([\w\s,]*)\} from "\./([\w-]+)\.js";')
 EXPORT = re.compile(r"export (?:async function|function|class|const) (\w+)")
 

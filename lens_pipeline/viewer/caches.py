@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from lens_pipeline import colormap, display
-from lens_pipeline.cache import Cache, CacheError
-from lens_pipeline.live_index import IndexView, LiveIndex
-from lens_pipeline.token_values import RANGES, VALUE_KINDS, ValueUnavailable, kind_choices, per_token_values
+from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.token_values import RANGES, VALUE_KINDS, ValueUnavailable, kind_choices, per_token_values
+from lens_pipeline.store.cache import Cache, CacheError
+from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.params import ApiError, Params, resolve_inside
 from lens_pipeline.viewer.rows import cache_settings
 

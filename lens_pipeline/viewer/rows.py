@@ -8,9 +8,9 @@ import functools
 from pathlib import PurePosixPath
 from typing import Any
 
-from lens_pipeline import display
-from lens_pipeline.live_index import IndexView
-from lens_pipeline.registry import REGISTRY, VIEWS, FigureSpec, default_view
+from lens_pipeline.draw import display
+from lens_pipeline.draw.registry import REGISTRY, VIEWS, FigureSpec, default_view
+from lens_pipeline.viewer.live_index import IndexView
 from lens_pipeline.viewer.params import file_url
 
 # The knitting figure writes one svg (the chart) and the written pattern as txt (read first: plain
@@ -20,7 +20,7 @@ KNITTING_PARTS = {"chart": ("svg",), "pattern": ("txt", "md")}
 
 @functools.cache
 def _builtins_registered() -> None:
-    import lens_pipeline.builtins  # noqa: F401  (registers the built-in figures)
+    import lens_pipeline.draw.builtins  # noqa: F401  (registers the built-in figures)
 
 
 def _spec(function: str) -> FigureSpec | None:

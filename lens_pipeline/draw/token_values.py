@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lens_pipeline import colormap
-from lens_pipeline.cache import Cache
+from lens_pipeline.draw import colormap
+from lens_pipeline.store.cache import Cache
 
 RANGES = {"skip_first": "all but the first token", "all": "all tokens"}  # how a data range is taken
 
@@ -44,7 +44,7 @@ class ValueKind:
     label: str  # for menus
     unit: str
     cmap: str  # colormap.lut name
-    needs: tuple[str, ...]  # cache arrays or capabilities (lens_pipeline.cache.CACHE_ARRAYS, CAPABILITIES)
+    needs: tuple[str, ...]  # cache arrays or capabilities (lens_pipeline.store.cache.CACHE_ARRAYS, CAPABILITIES)
     read: Callable[[Cache, int | None, int | None], Reading]  # (cache, layer, neuron)
     layers: Callable[[Cache], list[tuple[int, str]]] | None = None  # layer choices (value, label); None: no layer
     fixed_range: tuple[float, float] | None = None  # e.g. probabilities 0..1; None: the values' own range

@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import register_figure
+from lens_pipeline.draw.registry import register_figure
+from lens_pipeline.store.cache import Cache
 
 
 def _md(value: Any) -> str:

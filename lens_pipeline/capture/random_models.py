@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lens_pipeline.models import (
+from lens_pipeline.capture.models import (
     ENCODER_TYPES,
     SMOLLM2_GGUF,
     LoadedModel,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from lens_pipeline.draw.registry import SkipFigure, register_figure
 from lens_pipeline.knitting import Gauge, Grid, limit_colours_per_row, palette_for, pattern_files
 from lens_pipeline.knitting.grid import scheme_name
 from lens_pipeline.knitting.mapping import SOURCES, source_levels
-from lens_pipeline.registry import SkipFigure, register_figure
 
 FORMATS = ("svg", "pdf", "md", "txt", "json", "csv", "png")
 NEEDS_LM_HEAD = ("top1_prob",)  # sources read from next-token predictions

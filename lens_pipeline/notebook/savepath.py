@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from lens_pipeline import index
-from lens_pipeline.cache import Cache
+from lens_pipeline.store import index
+from lens_pipeline.store.cache import Cache
 
 
 class CacheSelection(Sequence[Cache]):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lens_pipeline import colormap
-from lens_pipeline.cache import PATTERN_MAX_ERROR
-from lens_pipeline.token_values import VALUE_KINDS
+from lens_pipeline.draw import colormap
+from lens_pipeline.draw.token_values import VALUE_KINDS
+from lens_pipeline.store.cache import PATTERN_MAX_ERROR
 
 # Whitespace made visible, so " the" and "the" do not look the same.
 WHITESPACE = {"\n": "↵", "\r": "␍", "\t": "⇥"}

@@ -1,5 +1,5 @@
 // Tokens coloured by one value per token. The server computes everything shown here: the values,
-// their colours and text colours, the range, the title (lens_pipeline/token_values.py).
+// their colours and text colours, the range, the title (lens_pipeline/draw/token_values.py).
 import { api, legendBar, openCache, valueKind } from "./data.js";
 import { otherSettings, settingsLine } from "./figures.js";
 import { el, formatValue, go, hashFor, hideTooltip, promptTitle, select, showTooltip, tipRow } from "./util.js";

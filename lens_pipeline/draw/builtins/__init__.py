@@ -1,7 +1,7 @@
-"""The built-in figures. Importing this package registers them all (`lens_pipeline.registry`),
+"""The built-in figures. Importing this package registers them all (`lens_pipeline.draw.registry`),
 with the same decorator a user's own figure functions use."""
 
-from lens_pipeline.builtins import (  # noqa: F401
+from lens_pipeline.draw.builtins import (  # noqa: F401
     attention,
     attention_stats,
     explain,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lens_pipeline import index
 from lens_pipeline.figures import stale_rows
+from lens_pipeline.store import index
 
 
 @dataclass

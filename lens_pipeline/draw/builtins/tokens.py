@@ -1,7 +1,7 @@
 """The prompt's tokens coloured by per-token values (top-1 probability, residual norm, stored MLP
 neurons), as self-contained HTML with hover values and as a PNG; and a neuron x token heatmap.
 
-The values, their colour ranges and colour maps come from lens_pipeline.token_values, the same
+The values, their colour ranges and colour maps come from lens_pipeline.draw.token_values, the same
 function the viewer's token view uses. Tokens and prompts are untrusted text: every one is
 HTML-escaped, and the page has no script and loads nothing (inline CSS only).
 """
@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lens_pipeline import colormap, display
-from lens_pipeline.builtins.plotting import evenly_spaced, label_ticks, new_figure, title_for, token_label, token_labels
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import register_figure
-from lens_pipeline.token_values import VALUE_KINDS, TokenValues, per_token_values, unavailable
+from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.builtins.plotting import evenly_spaced, label_ticks, new_figure, title_for, token_label, token_labels
+from lens_pipeline.draw.registry import register_figure
+from lens_pipeline.draw.token_values import VALUE_KINDS, TokenValues, per_token_values, unavailable
+from lens_pipeline.store.cache import Cache
 
 
 def chosen_layers(cache: Cache, layers: Sequence[int] | None, default_count: int) -> list[int]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from lens_pipeline.cache import check_needs
+from lens_pipeline.store.cache import check_needs
 
 Scope = Literal["head", "layer", "prompt", "model"]
 SCOPES: tuple[str, ...] = ("head", "layer", "prompt", "model")
@@ -106,7 +106,7 @@ def register_figure(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `func` as a figure; re-registering a name replaces it (notebook re-runs).
 
-    needs: cache arrays or capabilities (lens_pipeline.cache.CACHE_ARRAYS, CAPABILITIES) without
+    needs: cache arrays or capabilities (lens_pipeline.store.cache.CACHE_ARRAYS, CAPABILITIES) without
       which the figure means nothing; a cache that lacks one gets a `skipped` row with the reason.
     default=False keeps an expensive figure out of runs that do not name it (--figures).
     view: how the viewer shows it (VIEWS); by default from the formats."""

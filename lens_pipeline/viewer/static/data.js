@@ -2,7 +2,7 @@
 // asks for data. A source answers it: the viewer's HTTP API (here), a static export's data files
 // (exported.js) or a notebook kernel (widget.js); every source gives the API's own answers
 // (lens_pipeline/viewer/api.py). Kept: the display facts (fetched once: colour tables, value kinds,
-// labels; defined in lens_pipeline/display.py) and the index summary (re-fetched when it changes).
+// labels; defined in lens_pipeline/draw/display.py) and the index summary (re-fetched when it changes).
 import { byId, rgb } from "./util.js";
 
 export class ApiError extends Error {}

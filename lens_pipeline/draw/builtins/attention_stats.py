@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lens_pipeline.builtins.plotting import new_figure, title_for, token_label
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import register_figure
+from lens_pipeline.draw.builtins.plotting import new_figure, title_for, token_label
+from lens_pipeline.draw.registry import register_figure
+from lens_pipeline.store.cache import Cache
 
 STATISTICS: dict[str, str] = {  # name -> panel title
     "entropy": "entropy (nats)",

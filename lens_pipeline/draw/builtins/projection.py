@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from lens_pipeline.builtins.plotting import new_figure, title_for, token_label
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import SkipFigure, register_figure
+from lens_pipeline.draw.builtins.plotting import new_figure, title_for, token_label
+from lens_pipeline.draw.registry import SkipFigure, register_figure
+from lens_pipeline.store.cache import Cache
 
 
 def token_features(cache: Cache) -> tuple[np.ndarray, str]:

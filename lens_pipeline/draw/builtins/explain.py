@@ -1,6 +1,6 @@
 """Why the model predicted a token: input attribution over the prompt's tokens (saliency), the
 targets x sources matrix, direct logit attribution per head and MLP, the lens trajectory and the
-per-token loss, from the arrays lens_pipeline/explain.py stores.
+per-token loss, from the arrays lens_pipeline/capture/explain.py stores.
 
 All are drawn with PIL (no matplotlib): tokens as coloured chips with a bar each, heatmaps as
 palette images through the colour lookup. Every title names the target and the method.
@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lens_pipeline import colormap, display
-from lens_pipeline.builtins.plotting import _font_charmap
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import SkipFigure, register_figure
+from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.builtins.plotting import _font_charmap
+from lens_pipeline.draw.registry import SkipFigure, register_figure
+from lens_pipeline.store.cache import Cache
 
 METHODS = {  # array -> how titles name it
     "attr_ig": "integrated gradients",
@@ -260,7 +260,7 @@ def logit_attribution_heads(cache: Cache, target: int = -1, cell: int = 18) -> I
     scale = float(np.nanmax(np.abs(grid))) or 1.0
     image = _heatmap(grid, SIGNED_CMAP, -scale, scale, (cell, cell), np.isnan(grid))
     embed, bias = float(cache.array("logit_attr_embed")[chosen.index]), float(cache.array("logit_attr_bias")[chosen.index])
-    order = np.dstack(np.unravel_index(np.argsort(-np.abs(heads), axis=None), heads.shape))[0][:5]
+    order = np.dstack(np.unravel_index(np.argsort(-np.abs(heads), axis=None), heads.shape))[0][:3]
     best = ", ".join(f"L{layer}H{head} {heads[layer, head]:+.2f}" for layer, head in order)
     label_w, label_h = 40, 16
     width = max(label_w + image.width + 2 * MARGIN, 760)
@@ -303,8 +303,8 @@ def lens_trajectory(cache: Cache, value: str = "prob", max_positions: int = 200,
                                                   (entropy, "magma", (0.0, float(np.nanmax(entropy)) or 1.0), "entropy (nats)"))]
     loss = -cache.array("token_logprobs")[shown]
     head = _text_block([_heading(cache, "lens trajectory"),
-                        (f"each layer's residual through the final norm and unembedding, positions {shown[0]}–{shown[-1]} "
-                         f"(after token p, for token p + 1); rows: {', '.join(rows[:2])} … {rows[-1]}", 11, MUTED),
+                        (f"each layer's residual through the final norm and unembedding; positions {shown[0]}–{shown[-1]}: "
+                         "after token p, for token p + 1", 11, MUTED),
                         (f"final per-token loss: mean {float(np.nanmean(loss)):.3f} nats", 12, INK)],
                        max(760, max(p.width for p in panels)))
     return _stack([head, *panels])

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from lens_pipeline.cache import ExtractSettings
-from lens_pipeline.models import LoadedModel, ModelLoadError
-from lens_pipeline.prompts import Prompt
+from lens_pipeline.capture.models import LoadedModel, ModelLoadError
+from lens_pipeline.capture.prompts import Prompt
+from lens_pipeline.store.cache import ExtractSettings
 
 if TYPE_CHECKING:
-    from lens_pipeline.extract import Tokenized, TokenStrings
+    from lens_pipeline.capture.extract import Tokenized, TokenStrings
 
 ATTRIBUTION_METHODS: dict[str, str] = {
     "grad_x_input": "gradient × input",
@@ -619,14 +619,26 @@ def _lens_trajectory(
     return out
 
 
+def _top(z: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk of each row of z [C, V]: among the `block`s whose maxima are the k largest (they hold the
+    k largest values), as extract.top_predictions does: fewer passes over the vocabulary than topk."""
+    if z.shape[-1] % block or z.shape[-1] < k * block:
+        return z.topk(k, dim=-1)
+    blocks = z.view(z.shape[0], -1, block)
+    best = blocks.amax(-1).topk(k, dim=-1).indices  # [C, k]
+    candidates = torch.gather(blocks, 1, best[..., None].expand(-1, -1, block)).flatten(1)
+    values, within = candidates.topk(k, dim=-1)
+    return values, torch.gather(best, 1, within // block) * block + within % block
+
+
 def _lens_stats(out: dict[str, torch.Tensor], r: int, bi: torch.Tensor, ti: torch.Tensor, z: torch.Tensor,
                 actual: torch.Tensor, has_next: torch.Tensor, final_neg_entropy: torch.Tensor, final_probs: torch.Tensor) -> None:
     """One lens row's statistics for a chunk of positions, from its logits z [C, V] (overwritten).
     Entropy and KL are sums over logits shifted by their maximum, so float32 never cancels terms
     of the logits' own size."""
-    top_values, top_ids = z.topk(LENS_TOP, dim=-1)
+    top_values, top_ids = _top(z, LENS_TOP)
     z_actual = z.gather(1, actual.clamp(min=0)[:, None])
-    ranks = (z > z_actual).sum(-1).to(torch.int32)
+    ranks = torch.gt(z, z_actual).sum(-1, dtype=torch.int32)  # an int32 sum: the default int64 one is slower
     peak = top_values[:, :1]
     shifted = z.sub_(peak)
     weights = shifted.exp()

@@ -11,10 +11,10 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from lens_pipeline import colormap
-from lens_pipeline.builtins.plotting import evenly_spaced, label_ticks, new_figure, title_for, token_label, token_labels
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import register_figure
+from lens_pipeline.draw import colormap
+from lens_pipeline.draw.builtins.plotting import evenly_spaced, label_ticks, new_figure, title_for, token_label, token_labels
+from lens_pipeline.draw.registry import register_figure
+from lens_pipeline.store.cache import Cache
 
 BAR_COLOR = "#4c72b0"
 ACTUAL_COLOR = "#dd8452"  # the token that really came next

@@ -421,16 +421,16 @@ class RandomWeightsSource(ModelSourceKind):
 
     # random_models imports this module, so it is imported on use.
     def resolve(self, name: str) -> ModelSource | None:
-        from lens_pipeline import random_models
+        from lens_pipeline.capture import random_models
 
         return random_models.resolve(name)
 
     def check_available(self, source: ModelSource) -> None:
-        from lens_pipeline import random_models
+        from lens_pipeline.capture import random_models
 
         random_models.check_available(source)
 
     def load(self, source: ModelSource, device: str, dtype: str) -> LoadedModel:
-        from lens_pipeline import random_models
+        from lens_pipeline.capture import random_models
 
         return random_models.load(source, device=device, dtype=dtype)

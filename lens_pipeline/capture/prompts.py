@@ -33,7 +33,7 @@ class PromptFileError(Exception):
     """The prompt file as a whole cannot be used (missing, unreadable, no prompts)."""
 
 
-# Optional JSONL fields naming what to explain (lens_pipeline/explain.py): a "target" token string,
+# Optional JSONL fields naming what to explain (lens_pipeline/capture/explain.py): a "target" token string,
 # a "contrast" pair [A, B] (logit of A minus logit of B), or "target_positions": "all" (every actual
 # next token) instead of the default "last" (the top-1 prediction after the last token).
 TARGET_FIELDS = ("target", "contrast", "target_positions")

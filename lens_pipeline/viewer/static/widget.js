@@ -2,7 +2,7 @@
 // drawn by the viewer's own modules, in a shadow root so the notebook's styles and the viewer's
 // stay apart. Answers come from the widget state (those Python embedded for the first view, so a
 // saved notebook still shows it without a kernel), else from the kernel by custom message
-// (lens_pipeline/show.py answers with the viewer's API). Links between views stay in the widget,
+// (lens_pipeline/notebook/show.py answers with the viewer's API). Links between views stay in the widget,
 // with a back button.
 import { start } from "./app.js";
 import { ApiError, answerKey, unpack } from "./data.js";

@@ -1,14 +1,14 @@
 """Interactive views of a cache inline in Jupyter (JupyterLab, Notebook 7, VS Code), offline.
 
-    from lens_pipeline import show
+    from lens_pipeline.notebook import show
     show.head(cache, 18, 6)                  # one head: exact weights on hover, click a token
     show.layer(cache, 18)                    # every head of layer 18
     show.overview(cache)                     # layers × heads; click a head to open it
-    show.tokens(cache, kind="resid_norm", layer=12)   # kinds: lens_pipeline.token_values.VALUE_KINDS
+    show.tokens(cache, kind="resid_norm", layer=12)   # kinds: lens_pipeline.draw.token_values.VALUE_KINDS
     show.predictions(cache)                  # next-token predictions at each position
 
-`cache` is a `lens_pipeline.cache.Cache` or a cache file's path. Each call returns a `LensView`
-(an anywidget widget) drawn by the viewer's own ES modules (lens_pipeline/static, made one module
+`cache` is a `lens_pipeline.store.cache.Cache` or a cache file's path. Each call returns a `LensView`
+(an anywidget widget) drawn by the viewer's own ES modules (lens_pipeline/viewer/static, made one module
 string by lens_pipeline.viewer.bundle, shipped in the wheel: nothing is fetched from a network).
 It asks the kernel for data with the viewer's API (viewer.CacheApi); the first view's answers
 travel in the widget state, so a saved notebook still shows it without a kernel.
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import anywidget
 import traitlets
 
-from lens_pipeline.cache import Cache
-from lens_pipeline.token_values import VALUE_KINDS, kind_choices
+from lens_pipeline.draw.token_values import VALUE_KINDS, kind_choices
+from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer import CacheApi
 from lens_pipeline.viewer.bundle import bundle, stylesheet
 from lens_pipeline.viewer.transport import answer_key, ask
@@ -125,7 +125,7 @@ def overview(cache: Cache | str | os.PathLike[str]) -> LensView:
 def tokens(cache: Cache | str | os.PathLike[str], kind: str = "resid_norm", layer: int | None = None,
            neuron: int | None = None, range: str | None = None) -> LensView:
     """The tokens coloured by one value each (`kind`: resid_norm, top1_prob, logit_lens, neuron, or
-    any kind registered in lens_pipeline.token_values); hover a token for its value. `layer`,
+    any kind registered in lens_pipeline.draw.token_values); hover a token for its value. `layer`,
     `neuron` and the colour `range` (skip_first, all) default to the first the cache offers."""
     cache = _open(cache)
     choice = next((c for c in kind_choices(cache) if c["name"] == kind), None)

@@ -12,15 +12,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lens_pipeline import explain
-from lens_pipeline.cache import (
+from lens_pipeline.capture import explain
+from lens_pipeline.capture.models import LoadedModel
+from lens_pipeline.store.cache import (
     BYTE_PLANE_ENCODINGS,
     FIXED_POINT_LEVELS,
     PATTERN_ENCODINGS,
     ExtractSettings,
     pattern_member,
 )
-from lens_pipeline.models import LoadedModel
 
 
 @dataclass

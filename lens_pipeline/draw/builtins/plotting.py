@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lens_pipeline import display
+from lens_pipeline.draw import display
 
 MISSING_GLYPH = "□"
 

@@ -19,10 +19,10 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from lens_pipeline import colormap
-from lens_pipeline.builtins.plotting import label_ticks, new_figure, title_for, token_labels
-from lens_pipeline.cache import Cache
-from lens_pipeline.registry import SkipFigure, register_figure
+from lens_pipeline.draw import colormap
+from lens_pipeline.draw.builtins.plotting import label_ticks, new_figure, title_for, token_labels
+from lens_pipeline.draw.registry import SkipFigure, register_figure
+from lens_pipeline.store.cache import Cache
 
 BACKGROUND = (255, 255, 255)
 LABEL_COLOR = (40, 40, 40)

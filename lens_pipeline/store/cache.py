@@ -94,7 +94,7 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("logit_lens_strs", "str", "[L, T]", "logit_lens", "its string"),
     ArraySpec("hooks", "float16", "as the hook, padding removed", "hooks",
               "any other TransformerLens hook (member `hooks/<name>`)"),
-    # Explaining a prediction (lens_pipeline/explain.py). G targets: 1, or T - 1 with "target_positions": "all".
+    # Explaining a prediction (lens_pipeline/capture/explain.py). G targets: 1, or T - 1 with "target_positions": "all".
     ArraySpec("target_positions", "int32", "[G]", "targets",
               "the position whose next-token prediction each target explains (sources are positions ≤ it)"),
     ArraySpec("target_ids", "int32", "[G, 2]", "targets",
@@ -181,7 +181,7 @@ class ExtractSettings:
     logit_lens: bool = False
     max_tokens: int = 1024
     dtype: str = "auto"  # as asked: "auto" is float32 on CPU, float16 on CUDA (meta records which)
-    # Explaining a prediction (lens_pipeline/explain.py; targets per prompt from its JSONL fields).
+    # Explaining a prediction (lens_pipeline/capture/explain.py; targets per prompt from its JSONL fields).
     attribution: tuple[str, ...] = ()  # input attribution methods: grad_x_input, grad_norm, ig
     ig_steps: int = 64
     ig_baseline: str = "space"  # what each token's embedding starts from (explain.IG_BASELINES)
@@ -302,7 +302,7 @@ def serialize(contents: CacheContents) -> bytes:
     """The cache file's bytes. A pure function: threads compress several caches at once (zstd frees the GIL)."""
     unknown = sorted({array_family(name) for name in contents.arrays} - set(ARRAYS))
     if unknown:  # CACHE_ARRAYS is the one list of what a cache holds: add a row there first
-        raise ValueError(f"cache arrays {unknown} are not described in lens_pipeline.cache.CACHE_ARRAYS")
+        raise ValueError(f"cache arrays {unknown} are not described in lens_pipeline.store.cache.CACHE_ARRAYS")
     compressor = member_compressor()
     buffer = io.BytesIO()
     meta = dict(contents.meta, schema_version=SCHEMA_VERSION)
@@ -384,7 +384,7 @@ class Cache:
         """Jupyter's view of a cache: model, prompt start, tokens, layers × heads, settings, arrays."""
         import html
 
-        from lens_pipeline.display import settings_summary  # display imports this module
+        from lens_pipeline.draw.display import settings_summary  # display imports this module
 
         text = " ".join(self.text.split())
         families: dict[str, list[str]] = {}

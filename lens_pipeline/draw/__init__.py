@@ -1,0 +1,1 @@
+"""Draw: the figure registry, the built-in figures and the display facts they share with the viewer."""

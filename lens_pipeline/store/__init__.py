@@ -1,0 +1,1 @@
+"""Store: the cache file format and the index that records every output."""
