@@ -31,7 +31,7 @@ MODEL = "tiny-llama"  # architecture-only random weights: loads in about a secon
 # One prompt per forward pass: a resumed run batches other prompts together than a clean run, and
 # padding to another length moves resid_norms/neuron_acts by an ulp (other bytes, same values).
 BATCH = 1
-# Byte-deterministic figures: PIL images, and knitting_pattern's SVG/PDF (no dates) among 8 files.
+# Byte-deterministic figures: PIL images, and knitting_pattern's SVG/PDF (no dates) among 9 files.
 FIGURES = ["attention_heatmap", "attention_layer_grid", "attention_overview", "knitting_pattern"]
 KNIT = {"width": 10, "height": 10}  # a 10x10 chart: a third of the default 20x20's drawing time
 TEXTS = SHORT_TEXTS + [
@@ -41,7 +41,7 @@ TEXTS = SHORT_TEXTS + [
     "We know what we are, but know not what we may be.",
     "Love all, trust a few, do wrong to none.",
     "The course of true love never did run smooth.",
-]  # 12 prompts x (8 heads + 2 layers + overview + knitting) = 144 figures, 228 files
+]  # 12 prompts x (8 heads + 2 layers + overview + knitting) = 144 figures, 240 files
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")
 
 

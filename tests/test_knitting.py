@@ -164,8 +164,24 @@ def test_difficulty_levels() -> None:
     assert check_grid(stripes)["difficulty"] == "Easy"
     dots = grid_of([[0, 0, 1] * 4, [1, 0, 0] * 4])  # 2 colours, floats of 2
     assert check_grid(dots)["difficulty"] == "Intermediate"
-    blocks = grid_of([[0] * 4 + [1] * 4 + [0] * 4])  # MC float 4 > 3 when stranded
-    assert check_grid(blocks)["difficulty"] == "Experienced"
+    blocks = grid_of([[0] * 4 + [1] * 4 + [0] * 4])  # MC float 4, within L = 5: simple stranded work
+    assert check_grid(blocks)["difficulty"] == "Intermediate"
+    checks = grid_of([[0, 1] * 6, [1, 0] * 6])  # 11 colour changes in 12 sts > 2W/3 = 8: numerous changes
+    busy = check_grid(checks)
+    assert busy["difficulty"] == "Experienced" and "11 colour changes in a row of 12 sts" in busy["difficulty_reason"]
+    # CC1 at both ends of 12-st rows: floats of 10 need 2 catches at L = 3 (limit W/4 = 3) but 4 at L = 1
+    ends = grid_of([[1] + [0] * 10 + [1]] * 2)
+    assert check_grid(ends, max_float=3)["difficulty"] == "Intermediate"
+    many = check_grid(ends, max_float=1)
+    assert many["difficulty"] == "Experienced" and "catches in a row of 12 sts (more than 3)" in many["difficulty_reason"]
+    # the third colour by duplicate stitch: in 1 of 4 rows it is an accent, in every row it is intricate work
+    knitted = np.array([[0, 0, 1, 1, 0, 0]] * 4)
+    accent = np.full((4, 6), -1)
+    accent[0, 0] = 2
+    assert check_grid(grid_of(knitted.tolist(), duplicate=accent))["difficulty"] == "Intermediate"
+    accent[1:, 0] = 2
+    most = check_grid(grid_of(knitted.tolist(), duplicate=accent))
+    assert most["difficulty"] == "Experienced" and "duplicate stitch in 4 of 4 rows (more than 2)" in most["difficulty_reason"]
     blocks_intarsia = grid_of([[0] * 4 + [1] * 4 + [0] * 4], technique="intarsia")
     assert check_grid(blocks_intarsia)["difficulty"] == "Intermediate"  # 3 runs
     busy_intarsia = grid_of([[0, 0, 1, 1] * 3], technique="intarsia")  # 6 runs
@@ -206,14 +222,15 @@ def test_block_scaling_is_whole_number() -> None:
 def test_attention_thresholds_are_uniform_multiples_and_recorded() -> None:
     t = 5
     uniform = np.tril(np.ones((t, t))) / np.arange(1, t + 1)[:, None]
-    levels, rec = attention_levels(uniform, 20, 20, 3)
+    assert attention_levels(uniform, 20, 20, 3)[1]["quantiles"] == [0.75, 0.92]  # the default: quantiles
+    levels, rec = attention_levels(uniform, 20, 20, 3, thresholds="uniform")
     assert rec["causal"] is True
     assert rec["thresholds"] == [1.0, 2.0]
     assert "uniform" in rec["threshold_rule"]
     assert (levels == 0).all()  # exactly uniform attention is not "above uniform": all MC
     peaked = uniform.copy()
     peaked[4] = [0.7, 0.1, 0.1, 0.05, 0.05]  # 0.7 x 5 = 3.5 x uniform; 0.1 x 5 = 0.5
-    levels, _ = attention_levels(peaked, 20, 20, 3)
+    levels, _ = attention_levels(peaked, 20, 20, 3, thresholds="uniform")
     assert levels[16:, :4].min() == 2 and levels[16:, 4:].max() == 0
     _, user = attention_levels(peaked, 20, 20, 3, thresholds=[1.5, 3.0])
     assert user["thresholds"] == [1.5, 3.0] and user["threshold_rule"] == "user thresholds"
@@ -297,12 +314,14 @@ def test_ayab_png_size_palette_and_row_order() -> None:
     assert pal == [*g.palette[0].rgb(), *g.palette[1].rgb()]
     px = np.array(img)
     assert set(np.unique(px).tolist()) == {0, 1}
-    assert px[-1].tolist() == [0, 0, 0, 0, 1, 1]  # bottom pixel row = row 1, stitch 1 at right
-    assert px[0].tolist() == [0, 0, 1, 1, 1, 0]  # top pixel row = last row; not mirrored
-    assert np.array_equal(px, g.chart_view())
+    # AYAB knits the PNG purl side facing: the PNG is the WS view, mirrored (issue 17, defect 1)
+    assert px[-1].tolist() == [1, 1, 0, 0, 0, 0]  # bottom pixel row = row 1, stitch 1 at the left
+    assert px[0].tolist() == [0, 1, 1, 1, 0, 0]  # top pixel row = last row, mirrored
+    assert np.array_equal(px, g.chart_view()[:, ::-1])
     saved = Image.open(io.BytesIO(_png(img)))
     assert saved.mode == "P" and np.array_equal(np.array(saved), px)
     assert "row 1" in info["image_row_0"] and info["reduction"] is None
+    assert info["image_column_0"].startswith("stitch 1") and info["knit_side_image"] is False
 
 
 def _png(img: Image.Image) -> bytes:
@@ -317,7 +336,7 @@ def test_ayab_three_colours_error_or_documented_reduction_and_width_limits() -> 
         ayab_image(g)
     img, info = ayab_image(g, reduce="merge_contrast")
     assert len(img.getpalette()) // 3 == 2
-    assert np.array(img).tolist() == [[1, 0, 1, 1], [0, 1, 1, 0]]  # any CC -> contrast
+    assert np.array(img).tolist() == [[1, 1, 0, 1], [0, 1, 1, 0]]  # any CC -> contrast; WS view
     assert "merged CC1, CC2" in info["reduction"]
     ribber, _ = ayab_image(g, bed="ribber")
     assert len(ribber.getpalette()) // 3 == 3
@@ -405,7 +424,7 @@ def make_cache(t: int = 10, family: str = "llama", seed: int = 0) -> StandInCach
 
 
 EXPORTS = {"chart.svg", "chart.pdf", "pattern.md", "pattern.txt", "grid.json", "grid.csv",
-           "ayab.png", "meta.json"}
+           "ayab.png", "pattern.k", "meta.json"}
 
 
 def test_registered_figure_end_to_end() -> None:
@@ -415,8 +434,13 @@ def test_registered_figure_end_to_end() -> None:
     spec = REGISTRY["knitting_pattern"]
     assert spec.scope == "prompt" and spec.params["width"] == 20 and spec.params["colours"] == 3
     assert spec.params["source"] == "attention_layer_mean"
+    assert spec.params["blocks"] == "auto" and spec.params["thresholds"] is None
     cache = make_cache(t=10)
-    out = spec.func(cache)
+    default = spec.func(cache)  # attention: quantile thresholds, square blocks and an MC border
+    dm = default["meta.json"]["mapping"]
+    assert dm["quantiles"] == [0.75, 0.92] and dm["square_blocks"]["stitches_per_block"] == 1
+    assert (default["meta.json"]["stitches"], default["meta.json"]["rows"]) == (10 + 2 * 2, 10 + 2 * 3)
+    out = spec.func(cache, blocks="fill", thresholds="uniform")  # the earlier defaults, still options
     assert set(out) == EXPORTS
     assert isinstance(out["chart.svg"], str) and out["chart.pdf"].startswith(b"%PDF")
     meta = json.loads(json.dumps(out["meta.json"]))  # JSON-ready
@@ -441,21 +465,28 @@ def test_registered_figure_end_to_end() -> None:
     for source in ("attention_head", "top1_prob", "resid_norms"):
         o = knitting_pattern(cache, source=source, layer=1, head=2, mode="round",
                              technique="intarsia", colours=4, width=30, height=24)
-        assert set(o) == EXPORTS, source
+        assert set(o) == EXPORTS - {"ayab.png", "pattern.k"}, source  # no jacquard machine files for intarsia
+        assert "intarsia" in o["meta.json"]["ayab"]["error"]
         assert o["meta.json"]["mapping"]["source"] == source
-        assert len(o["grid.json"]["cells"]) == 24 and len(o["grid.json"]["cells"][0]) == 30
-        assert any(ln.startswith("Rnd 24:") for ln in o["pattern.txt"].splitlines())
+        h, w = len(o["grid.json"]["cells"]), len(o["grid.json"]["cells"][0])
+        if source == "attention_head":  # square blocks by default: width x height is the maximum
+            sq = o["meta.json"]["mapping"]["square_blocks"]
+            assert h <= 24 and w <= 30 and w == 10 * sq["stitches_per_block"] + 2 * sq["border_stitches"]
+        else:
+            assert (h, w) == (24, 30) and "square_blocks" not in o["meta.json"]["mapping"]
+        assert any(ln.startswith(f"Rnd {h}:") for ln in o["pattern.txt"].splitlines())
     head = knitting_pattern(cache, source="attention_head", layer=1, head=2)
     assert head["meta.json"]["mapping"]["head"] == 2
-    exact = knitting_pattern(cache, source="attention_head", layer=1, head=2, stranded_fix="flag")
+    exact = knitting_pattern(cache, source="attention_head", layer=1, head=2, stranded_fix="flag",
+                             blocks="fill", thresholds="uniform")
     index = {"MC": 0, "CC1": 1, "CC2": 2}
     got = np.array([[index[c] for c in r] for r in exact["grid.json"]["cells"]])
-    expected = attention_levels(cache.pattern(1, 2), 20, 20, 3)[0][:, ::-1]  # that exact head
+    expected = attention_levels(cache.pattern(1, 2), 20, 20, 3, thresholds="uniform")[0][:, ::-1]  # that exact head
     assert np.array_equal(got, expected)
     flagged = knitting_pattern(cache, stranded_fix="flag")
     assert flagged["meta.json"]["adjustments"] == []
     with pytest.raises(ValueError, match="unknown source"):
         knitting_pattern(cache, source="nope")
-    no_ayab = knitting_pattern(cache, ayab_reduce="error", stranded_fix="flag", technique="intarsia")
+    no_ayab = knitting_pattern(cache, ayab_reduce="error", stranded_fix="flag")
     if len({c for r in no_ayab["grid.json"]["cells"] for c in r}) > 2:
         assert "ayab.png" not in no_ayab and "at most 2 colours" in no_ayab["meta.json"]["ayab"]["error"]

@@ -11,12 +11,14 @@ Every cell rect in the SVG carries data-row, data-stitch and data-colour attribu
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from .checks import float_limit, row_floats
+from .checks import float_limit
 from .grid import Colour, Grid
+from .yarns import plan_yarns
 
 PT_MM = 25.4 / 72  # one typographic point in mm
 FLOAT_FLAG = "#C00000"
@@ -66,6 +68,7 @@ class Polygon:
     fill: str = "none"
     stroke: str = "none"
     lw: float = 0.0
+    attrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,7 +191,8 @@ def chart_layout(
     w_cm, h_cm = grid.gauge.size_cm(W, H)
     y = bottom + MARK + 4.0
     shapes.append(Text(x0, y, (
-        f"Finished size {w_cm:.1f} x {h_cm:.1f} cm ({W} sts x {H} rows) at "
+        (f"Finished size {w_cm:.1f} x {h_cm:.1f} cm ({W} sts x {H} rows) at " if grid.mode == "flat" else
+         f"Finished size {w_cm:.1f} cm circumference x {h_cm:.1f} cm ({W} sts x {H} rnds) at ") +
         f"{grid.gauge.stitches_per_10cm:g} sts x {grid.gauge.rows_per_10cm:g} rows = 10 cm. "
         f"{'Flat' if grid.mode == 'flat' else 'In the round'}, {grid.technique}."), 2.5))
     key, y = _key_shapes(grid, x0, y, limit, n_flagged)
@@ -201,18 +205,36 @@ def chart_layout(
 
 
 def _cell_shapes(grid: Grid, fr: _Frame) -> list[Shape]:
-    """Every cell and its colour's symbol."""
+    """Every cell in the colour the finished piece shows, its colour's symbol (MC cells are left
+    blank so the motif stands out), and a mark on cells worked in duplicate stitch or recoloured."""
     shapes: list[Shape] = []
     sym = min(fr.cw, fr.ch) * 0.8
+    finished = grid.finished()
     for r in range(1, fr.H + 1):
-        row = grid.row(r)
         for s in range(1, fr.W + 1):
-            c = grid.palette[int(row[s - 1])]
+            i = int(finished[r - 1, s - 1])
+            c = grid.palette[i]
             x, y = fr.cell_x(s), fr.cell_y(r)
             shapes.append(Rect(x, y, fr.cw, fr.ch, fill=c.hex, stroke="#7F7F7F", lw=0.08, attrs={
                 "class": "cell", "data-row": str(r), "data-stitch": str(s), "data-colour": c.code}))
-            shapes += symbol_shapes(c.symbol, x + fr.cw / 2, y + fr.ch / 2, sym, _ink(c))
+            if i != 0:
+                shapes += symbol_shapes(c.symbol, x + fr.cw / 2, y + fr.ch / 2, sym, _ink(c))
+            knitted = grid.code(int(grid.cells[r - 1, s - 1]))
+            if i != int(grid.cells[r - 1, s - 1]):  # duplicate stitch over a st knitted in another colour
+                shapes.append(_cell_mark(x, y, fr, "duplicate", r, s, knitted))
+            elif grid.recoloured is not None and grid.recoloured[r - 1, s - 1]:
+                shapes.append(_cell_mark(x, y, fr, "recoloured", r, s, knitted))
     return shapes
+
+
+def _cell_mark(x: float, y: float, fr: _Frame, kind: str, r: int, s: int, knitted: str) -> Rect:
+    """A heavy inner outline: duplicate stitch (solid) or recoloured by the stranded fix (dashed in the key)."""
+    inset = min(fr.cw, fr.ch) * 0.12
+    return Rect(x + inset, y + inset, fr.cw - 2 * inset, fr.ch - 2 * inset, stroke=MARK_INK[kind], lw=0.35, attrs={
+        "class": kind, "data-row": str(r), "data-stitch": str(s), "data-knitted": knitted})
+
+
+MARK_INK = {"duplicate": "#0050C8", "recoloured": "#C00000"}
 
 
 def _ten_lines(fr: _Frame) -> list[Shape]:
@@ -229,24 +251,31 @@ def _ten_lines(fr: _Frame) -> list[Shape]:
 
 
 def _float_flags(grid: Grid, fr: _Frame, limit: int) -> tuple[list[Shape], int]:
-    """Long floats (stranded): a dashed red bar low in the cells each passes behind; and how many."""
+    """Stranded: each float longer than the limit as the pattern knits it (edge carries and floats
+    across the end of a round included) as a dashed red bar low in the cells it passes, and a
+    red wedge in the cell where the pattern catches it; and how many long floats."""
     shapes: list[Shape] = []
-    n_flagged = 0
     if grid.technique != "stranded":
-        return shapes, n_flagged
-    for r in range(1, fr.H + 1):
-        for f in row_floats(grid.row(r), grid.mode == "round", r):
-            if f.length <= limit:
-                continue
-            n_flagged += 1
+        return shapes, 0
+    long = [st for st in plan_yarns(grid, limit).strands if st.length > limit]
+    for strand in long:
+        code = grid.code(strand.colour)
+        by_row: dict[int, list[int]] = {}
+        for r, st in strand.passed:
+            by_row.setdefault(r, []).append(st)
+        for r, sts in by_row.items():
             y = fr.cell_y(r) + fr.ch * 0.82
-            for lo, hi in _spans(f.stitches):
+            for lo, hi in _spans(sts):
                 shapes.append(Line(fr.cell_x(hi) + fr.cw * 0.1, y, fr.cell_x(lo) + fr.cw * 0.9, y,
                                    FLOAT_FLAG, max(0.3, fr.ch * 0.12), (0.8, 0.5), attrs={
-                                       "class": "long-float", "data-row": str(r),
-                                       "data-colour": grid.code(f.colour),
-                                       "data-length": str(f.length)}))
-    return shapes, n_flagged
+                                       "class": "long-float", "data-row": str(r), "data-colour": code,
+                                       "data-length": str(strand.length)}))
+        for r, st in strand.catches:
+            x, y = fr.cell_x(st), fr.cell_y(r)
+            d = min(fr.cw, fr.ch) * 0.45
+            shapes.append(Polygon([(x, y), (x + d, y), (x, y + d)], fill=FLOAT_FLAG, attrs={
+                "class": "catch", "data-row": str(r), "data-stitch": str(st), "data-colour": code}))
+    return shapes, len(long)
 
 
 def _row_numbers(grid: Grid, fr: _Frame) -> list[Shape]:
@@ -293,7 +322,7 @@ def _key_shapes(grid: Grid, x0: float, y: float, limit: int, n_flagged: int) -> 
     """The key below the text line at y: swatch with symbol, code, name, hex, stitch count, then
     the heavier line, the centre mark and (stranded) the float flag; and the last baseline."""
     t = MARK
-    counts = grid.stitch_counts()
+    counts = grid.finished_counts()
     y += 5.0
     shapes: list[Shape] = [Text(x0, y, "Key", 3.0, bold=True)]
     sw = 5.0
@@ -301,10 +330,19 @@ def _key_shapes(grid: Grid, x0: float, y: float, limit: int, n_flagged: int) -> 
         y += 1.5
         shapes.append(Rect(x0, y, sw, sw * 0.8, fill=c.hex, stroke="#000000", lw=0.15,
                            attrs={"class": "key", "data-colour": c.code}))
-        shapes += symbol_shapes(c.symbol, x0 + sw / 2, y + sw * 0.4, sw * 0.6, _ink(c))
+        first = c is grid.palette[0]
+        if not first:
+            shapes += symbol_shapes(c.symbol, x0 + sw / 2, y + sw * 0.4, sw * 0.6, _ink(c))
         shapes.append(Text(x0 + sw + 2.0, y + sw * 0.4 + 1.0,
-                           f"{c.code}   {c.name}   {c.hex}   {c.symbol}   {counts[c.code]} sts", 2.7))
+                           f"{c.code}   {c.name}   {c.hex}   {'blank' if first else c.symbol}   {counts[c.code]} sts", 2.7))
         y += sw * 0.8
+    for kind, text in (("duplicate", "knit in the kept colour of the row, then duplicate stitch in the colour shown"),
+                       ("recoloured", "knitted in another colour than the data (stranded fix)")):
+        if (kind == "duplicate" and grid.duplicate is not None and (grid.duplicate >= 0).any()) or \
+                (kind == "recoloured" and grid.recoloured is not None and grid.recoloured.any()):
+            y += 5.0
+            shapes.append(Rect(x0, y - 3.0, sw, 3.5, stroke=MARK_INK[kind], lw=0.35))
+            shapes.append(Text(x0 + sw + 2.0, y, text, 2.4))
     y += 5.0
     shapes.append(Line(x0, y - 1.0, x0 + sw, y - 1.0, "#000000", 0.45))
     shapes.append(Text(x0 + sw + 2.0, y, "heavier line every 10 sts and 10 rows", 2.4))
@@ -316,7 +354,11 @@ def _key_shapes(grid: Grid, x0: float, y: float, limit: int, n_flagged: int) -> 
         y += 4.0
         shapes.append(Line(x0, y - 1.0, x0 + sw, y - 1.0, FLOAT_FLAG, 0.5, (0.8, 0.5)))
         shapes.append(Text(x0 + sw + 2.0, y, (
-            f"float longer than {limit} sts: trap it ({n_flagged} in this chart)"), 2.4))
+            f"float longer than {limit} sts as knitted ({n_flagged} in this chart)"), 2.4))
+        y += 4.0
+        d = 2.2
+        shapes.append(Polygon([(x0, y - 2.2), (x0 + d, y - 2.2), (x0, y - 2.2 + d)], fill=FLOAT_FLAG))
+        shapes.append(Text(x0 + sw + 2.0, y, "catch the carried yarn behind this st (the row says which)", 2.4))
     return shapes, y
 
 
@@ -350,8 +392,9 @@ def render_svg(layout: Layout) -> str:
                        f'stroke="{sh.stroke}" stroke-width="{_f(sh.lw)}"/>')
         elif isinstance(sh, Polygon):
             pts = " ".join(f"{_f(x)},{_f(y)}" for x, y in sh.points)
+            extra = "".join(f" {k}={quoteattr(v)}" for k, v in sh.attrs.items())
             out.append(f'<polygon points="{pts}" fill="{sh.fill}" stroke="{sh.stroke}" '
-                       f'stroke-width="{_f(sh.lw)}"/>')
+                       f'stroke-width="{_f(sh.lw)}"{extra}/>')
         elif isinstance(sh, Text):
             weight = ' font-weight="bold"' if sh.bold else ""
             weight += f' class="{sh.cls}"' if sh.cls else ""
@@ -361,8 +404,66 @@ def render_svg(layout: Layout) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_matplotlib(layout: Layout) -> Any:
-    """A matplotlib Figure (no pyplot, so no global state) drawn at true size in mm.
+@dataclass(frozen=True)
+class Tile:
+    """One printed page of a chart too big for a page: the layout window it shows, in mm."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    label: str
+
+
+PAGE_MM = (210.0, 297.0)  # A4 portrait
+PAGE_MARGIN = 10.0
+TILE_OVERLAP = 15.0  # each tile repeats this much of its neighbour, so the pages can be taped together
+
+
+def tiles(layout: Layout) -> list[Tile]:
+    """A4 pages at true size covering the layout, overlapping by TILE_OVERLAP; none if it fits one page."""
+    pw, ph = PAGE_MM[0] - 2 * PAGE_MARGIN, PAGE_MM[1] - 2 * PAGE_MARGIN - 8.0  # 8 mm for the tile label
+    if layout.width <= pw and layout.height <= ph:
+        return []
+    xs = [0.0] if layout.width <= pw else [min(i * (pw - TILE_OVERLAP), layout.width - pw)
+                                           for i in range(math.ceil((layout.width - TILE_OVERLAP) / (pw - TILE_OVERLAP)))]
+    ys = [0.0] if layout.height <= ph else [min(j * (ph - TILE_OVERLAP), layout.height - ph)
+                                            for j in range(math.ceil((layout.height - TILE_OVERLAP) / (ph - TILE_OVERLAP)))]
+    n = len(xs) * len(ys)
+    return [Tile(x, y, min(pw, layout.width), min(ph, layout.height),
+                 f"Page {1 + j * len(xs) + i + 1} of {n + 1}: tile row {j + 1}, column {i + 1} of "
+                 f"{len(ys)} x {len(xs)}, at true size; the dashed lines mark the {TILE_OVERLAP:g} mm shared "
+                 "with the next tile")
+            for j, y in enumerate(ys) for i, x in enumerate(xs)]
+
+
+def _tile_page(layout: Layout, tile: Tile) -> tuple[Any, Any]:
+    """An A4 figure whose axes show the tile's window at true size, its label above, and a dashed
+    line where it overlaps each neighbouring tile."""
+    from matplotlib.figure import Figure
+
+    pw, ph = PAGE_MM
+    fig = Figure(figsize=(pw / 25.4, ph / 25.4))
+    top = PAGE_MARGIN + 8.0
+    ax = fig.add_axes((PAGE_MARGIN / pw, 1 - (top + tile.h) / ph, tile.w / pw, tile.h / ph))
+    ax.set_xlim(tile.x, tile.x + tile.w)
+    ax.set_ylim(tile.y + tile.h, tile.y)
+    fig.text(PAGE_MARGIN / pw, 1 - (PAGE_MARGIN + 4.0) / ph, tile.label, fontsize=2.4 / PT_MM, family="DejaVu Sans")
+    mark = {"color": "#0050C8", "lw": 0.3 / PT_MM, "ls": (0, (4, 3)), "zorder": 5}
+    if tile.x + tile.w < layout.width:
+        ax.axvline(tile.x + tile.w - TILE_OVERLAP, **mark)
+    if tile.x > 0:
+        ax.axvline(tile.x + TILE_OVERLAP, **mark)
+    if tile.y + tile.h < layout.height:
+        ax.axhline(tile.y + tile.h - TILE_OVERLAP, **mark)
+    if tile.y > 0:
+        ax.axhline(tile.y + TILE_OVERLAP, **mark)
+    return fig, ax
+
+
+def render_matplotlib(layout: Layout, tile: Tile | None = None) -> Any:
+    """A matplotlib Figure (no pyplot, so no global state) drawn at true size in mm: the whole
+    layout on a page of its size, or one A4 tile of it with its overlap marks and label.
 
     Shapes are batched into collections (one add per kind, not one per cell) for speed, in
     layers: filled rects (cells, outline, key swatches), then symbols and marks, then lines
@@ -374,10 +475,13 @@ def render_matplotlib(layout: Layout) -> Any:
     from matplotlib.patches import Polygon as MPolygon
     from matplotlib.patches import Rectangle
 
-    fig = Figure(figsize=(layout.width / 25.4, layout.height / 25.4))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, layout.width)
-    ax.set_ylim(layout.height, 0)  # y down, as in SVG
+    if tile is None:
+        fig = Figure(figsize=(layout.width / 25.4, layout.height / 25.4))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_xlim(0, layout.width)
+        ax.set_ylim(layout.height, 0)  # y down, as in SVG
+    else:
+        fig, ax = _tile_page(layout, tile)
     ax.set_axis_off()
 
     def lw(mm: float) -> float:
@@ -400,7 +504,7 @@ def render_matplotlib(layout: Layout) -> Any:
             seg_styles.append((0, (sh.dash[0] / sh.lw, sh.dash[1] / sh.lw)) if sh.dash else "solid")
             continue
         elif isinstance(sh, Text):
-            ax.text(sh.x, sh.y, sh.s, fontsize=sh.size / PT_MM, zorder=4,
+            ax.text(sh.x, sh.y, sh.s, fontsize=sh.size / PT_MM, zorder=4, clip_on=tile is not None,
                     ha={"start": "left", "middle": "center", "end": "right"}[sh.anchor],
                     va="baseline", fontweight="bold" if sh.bold else "normal", family="DejaVu Sans")
             continue
@@ -428,9 +532,14 @@ def chart_svg(grid: Grid, **kwargs: Any) -> str:
 
 
 def chart_pdf(grid: Grid, **kwargs: Any) -> bytes:
-    """The chart as PDF bytes, same layout as the SVG."""
-    fig = render_matplotlib(chart_layout(grid, **kwargs))
+    """The chart as PDF bytes, same layout as the SVG: page 1 the whole chart at true size; a chart
+    bigger than A4 follows on A4 pages at true size, tiled with overlap marks."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    layout = chart_layout(grid, **kwargs)
     buf = io.BytesIO()
     # no creation date in the PDF, so the same grid gives the same bytes
-    fig.savefig(buf, format="pdf", dpi=200, metadata={"Creator": "lens_pipeline.knitting", "CreationDate": None})
+    with PdfPages(buf, metadata={"Creator": "lens_pipeline.knitting", "CreationDate": None}) as pdf:
+        for tile in [None, *tiles(layout)]:
+            pdf.savefig(render_matplotlib(layout, tile), dpi=200)
     return buf.getvalue()

@@ -2,10 +2,13 @@
 
 grid.json / grid.csv list row 1 first and stitch 1 (the rightmost stitch on the RS) first.
 
-AYAB PNG: one pixel per stitch, palette mode "P", no resampling. It is the chart as seen on
-the RS, not mirrored (AYAB mirrors for the machine itself): image row 0 (the top pixel row)
-is the LAST chart row, the bottom pixel row is row 1, so AYAB, which knits the bottom row of
-the image first, knits row 1 first. Image column 0 is the leftmost stitch (stitch W).
+AYAB PNG: one pixel per stitch, palette mode "P", no resampling. AYAB desktop (its image.py,
+engine/engine.py, engine/pattern.py) converts the PNG to RGBA, flips it top to bottom (the bottom
+pixel row is knitted first), mirrors it left to right only when "Knit Side Image" is ticked (off
+by default), quantises it to 2 colours and lays pixel column 0 on the leftmost needle. A single
+bed knits with the purl side facing the knitter, so the needle on the knitter's left is the RS's
+rightmost stitch. The PNG is therefore the WS view: image column 0 is stitch 1, image row 0 the
+last chart row, and AYAB's default settings knit the chart's RS exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from .checks import row_floats
 from .grid import Colour, Grid
 
 GRID_FORMAT = "lens_pipeline.knitting.grid/1"
@@ -36,12 +40,23 @@ def grid_json(grid: Grid, extra: dict[str, Any] | None = None) -> dict[str, Any]
         "gauge": grid.gauge.as_dict(),
         "finished_size_cm": {"width": round(w_cm, 2), "height": round(h_cm, 2)},
         "palette": [c.as_dict() for c in grid.palette],
-        "stitch_counts": grid.stitch_counts(),
-        "cells": [[grid.code(int(i)) for i in row] for row in grid.cells],
+        "stitch_counts": grid.finished_counts(),
+        "cells": [[grid.code(int(i)) for i in row] for row in grid.finished()],
     }
+    if grid.duplicate is not None and (grid.duplicate >= 0).any():  # the rows knit these; the rest is sewn on
+        out["knitted_cells"] = [[grid.code(int(i)) for i in row] for row in grid.cells]
+        out["duplicate_stitch"] = duplicate_list(grid)
     if extra:
         out.update(extra)
     return out
+
+
+def duplicate_list(grid: Grid) -> list[dict[str, Any]]:
+    """Each duplicate stitch: row, stitch, the colour sewn on and the colour knitted under it."""
+    if grid.duplicate is None:
+        return []
+    return [{"row": int(r) + 1, "stitch": int(s) + 1, "colour": grid.code(int(grid.duplicate[r, s])),
+             "knitted": grid.code(int(grid.cells[r, s]))} for r, s in zip(*np.nonzero(grid.duplicate >= 0))]
 
 
 def grid_csv(grid: Grid) -> str:
@@ -53,11 +68,16 @@ def grid_csv(grid: Grid) -> str:
         f"# gauge: {g.stitches_per_10cm:g} sts and {g.rows_per_10cm:g} rows = 10 cm; "
         f"mode: {grid.mode}; technique: {grid.technique}",
         "# palette: " + "; ".join(f"{c.code}={c.hex} {c.name} ({c.symbol})" for c in grid.palette),
-        "row,side," + ",".join(f"st{s}" for s in range(1, grid.width + 1)),
     ]
+    dup = duplicate_list(grid)
+    if dup:
+        lines.append("# cells: the finished picture; duplicate stitch (row/stitch/colour over knitted): " + "; ".join(
+            f"{d['row']}/{d['stitch']}/{d['colour']} over {d['knitted']}" for d in dup))
+    lines.append("row,side," + ",".join(f"st{s}" for s in range(1, grid.width + 1)))
+    finished = grid.finished()
     for r in range(1, grid.height + 1):
         side = "RND" if grid.mode == "round" else ("RS" if r % 2 else "WS")
-        lines.append(f"{r},{side}," + ",".join(grid.code(int(i)) for i in grid.row(r)))
+        lines.append(f"{r},{side}," + ",".join(grid.code(int(i)) for i in finished[r - 1]))
     return "\n".join(lines) + "\n"
 
 
@@ -101,8 +121,8 @@ def ayab_image(
     remap = np.zeros(len(palette), dtype=np.uint8)
     for new, old in enumerate(used):
         remap[old] = new
-    # chart view: top chart row at image row 0, leftmost stitch at image column 0; no mirror
-    pixels = remap[cells[::-1, ::-1]]
+    # WS view: top chart row at image row 0, stitch 1 at image column 0 (the knitter's left needle)
+    pixels = remap[cells[::-1, :]]
     h, w = pixels.shape
     img = Image.frombytes("P", (w, h), np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
     flat: list[int] = []
@@ -115,8 +135,39 @@ def ayab_image(
         "bed": bed,
         "size_px": [grid.width, grid.height],
         "image_row_0": f"chart row {grid.height} (top); the bottom pixel row is row 1, knitted first",
-        "image_column_0": f"stitch {grid.width} (leftmost on the RS); not mirrored",
+        "image_column_0": "stitch 1: the PNG is the chart mirrored left to right (the WS, as the machine "
+                          "knits it); leave AYAB's \"Knit Side Image\" unticked (its default)",
+        "knit_side_image": False,
+        "start_row": 1,
         "palette": [palette[i].code for i in used],
         "reduction": reduction,
+        "feeders": ayab_feeders(img, [palette[i].code for i in used]),
+        "floats": _machine_floats(np.where(cells == used[0], 0, 1), grid.height),
     }
     return img, info
+
+
+def ayab_feeders(img: Image.Image, codes: list[str]) -> dict[str, str]:
+    """Which yarn goes in which feeder, as AYAB single-bed mode sees this PNG: it quantises the
+    RGBA image to 2 colours and reverses that palette; needles whose pixel lands on colour 0 are
+    selected and knit the yarn in feeder B, the others the yarn in feeder A."""
+    q = img.convert("RGBA").quantize(2)
+    rgb = q.getpalette()[:6]
+    selected_rgb = tuple(rgb[3:6])  # remap_palette([1, 0]): colour 0 is the quantiser's colour 1
+    pal = img.getpalette()[: 3 * len(codes)]
+    by_rgb = {tuple(pal[3 * i: 3 * i + 3]): code for i, code in enumerate(codes)}
+    b = by_rgb.get(selected_rgb, codes[-1])
+    a = next(c for c in codes if c != b)
+    return {"A": a, "B": b}
+
+
+def _machine_floats(two: np.ndarray, height: int) -> dict[str, Any]:
+    """Floats of the 2-colour image as a single bed knits it: every gap between stitches of one
+    yarn in a row (the machine carries both yarns across; nothing is caught)."""
+    longest, rows = 0, []
+    for r in range(height):
+        gaps = [f.length for f in row_floats(two[r].tolist(), False, r + 1)]
+        if gaps:
+            longest = max(longest, max(gaps))
+            rows.append((r + 1, max(gaps)))
+    return {"longest": longest, "per_row": [m for _, m in rows], "rows": [r for r, _ in rows]}

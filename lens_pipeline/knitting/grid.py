@@ -46,9 +46,10 @@ SCHEMES: dict[str, tuple[tuple[str, str], ...]] = {
         ("Slate", "#6B6F75"), ("Charcoal", "#3A3D42"), ("Black", "#151515"),
     ),
 }
-# Which of the six shades to use for n colours: spread out so neighbours stay distinguishable.
+# Which of the six shades to use for n colours: spread out so neighbours differ by 15+ in L* (6: one pair
+# cannot, and the check says so).
 _SHADE_PICKS: dict[int, tuple[int, ...]] = {
-    2: (0, 4), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 1, 2, 4, 5), 6: (0, 1, 2, 3, 4, 5),
+    2: (0, 4), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 2, 3, 4, 5), 6: (0, 1, 2, 3, 4, 5),
 }
 
 
@@ -110,9 +111,17 @@ class Grid:
     gauge: Gauge = field(default_factory=Gauge)
     mode: Mode = "flat"
     technique: Technique = "stranded"
+    # duplicate stitch layer: colour worked over the knitted st afterwards, -1 where none
+    duplicate: np.ndarray | None = None
+    # cells knitted in another colour than the data asked for (stranded_fix="adjust"), marked on the chart
+    recoloured: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.cells = np.asarray(self.cells, dtype=np.int16)
+        if self.duplicate is not None:
+            self.duplicate = np.asarray(self.duplicate, dtype=np.int16)
+        if self.recoloured is not None:
+            self.recoloured = np.asarray(self.recoloured, dtype=bool)
         if self.cells.ndim != 2:
             raise ValueError("cells must be 2-D [rows, stitches]")
         if self.mode not in ("flat", "round"):
@@ -137,6 +146,16 @@ class Grid:
     def chart_view(self) -> np.ndarray:
         """Cells as drawn on the RS chart: top row first, leftmost stitch first."""
         return self.cells[::-1, ::-1]
+
+    def finished(self) -> np.ndarray:
+        """The picture the finished piece shows: the knitted cells with the duplicate stitches on top."""
+        if self.duplicate is None:
+            return self.cells
+        return np.where(self.duplicate >= 0, self.duplicate, self.cells).astype(np.int16)
+
+    def finished_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.finished().ravel(), minlength=len(self.palette))
+        return {c.code: int(counts[i]) for i, c in enumerate(self.palette)}
 
     def code(self, index: int) -> str:
         return self.palette[index].code
@@ -220,15 +239,60 @@ def _scale_axis(values: np.ndarray, sc: AxisScale, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
+@dataclass(frozen=True)
+class SquareBlocks:
+    """Scale so each data block is near square in centimetres at the gauge, and trim the chart to
+    the picture plus an MC border of `border` sts (and as many cm of rows) all round; the border
+    narrows (to 1 st) where that keeps more data items apart or makes the blocks bigger."""
+
+    rows_per_stitch: float  # rows that are as tall as one stitch is wide: rows_per_10cm / sts_per_10cm
+    border: int = 2
+
+    def border_rows(self, border: int | None = None) -> int:
+        b = self.border if border is None else border
+        return max(1, round(b * self.rows_per_stitch)) if b else 0
+
+
+def square_scales(n_rows: int, n_cols: int, width: int, height: int, sq: SquareBlocks) -> tuple[AxisScale, AxisScale]:
+    """Both axes pool the same number of items per block (so a token is as wide as it is tall),
+    then the largest k sts x j rows blocks with j / k as close to `rows_per_stitch` as whole numbers
+    allow that fit inside width x height less the border; the chart is then exactly picture + border.
+    Border widths from sq.border down to 1 are tried: the fewest items pooled wins, then the biggest
+    blocks, then the widest border; no border only where a chart of 1 st or 1 row per block and a border
+    would not fit."""
+    best: tuple[tuple[int, ...], AxisScale, AxisScale] | None = None
+    for bx in range(sq.border, -1, -1):
+        by = sq.border_rows(bx)
+        room_x, room_y = max(1, width - 2 * bx), max(1, height - 2 * by)
+        pool = max(1, math.ceil(n_cols / room_x), math.ceil(n_rows / room_y))
+        nbx, nby = math.ceil(n_cols / pool), math.ceil(n_rows / pool)
+        k, j = 1, 1
+        for kk in range(1, room_x // nbx + 1):
+            jj = max(1, round(kk * sq.rows_per_stitch))
+            if jj * nby <= room_y:
+                k, j = kk, jj
+        overflows = k * nbx + 2 * bx > width or j * nby + 2 * by > height
+        key = (int(overflows), int(bx == 0), pool, -k * j, -bx)
+        if best is None or key < best[0]:
+            best = (key, AxisScale(n_cols, k * nbx + 2 * bx, pool, k, nbx, bx),
+                    AxisScale(n_rows, j * nby + 2 * by, pool, j, nby, by))
+    assert best is not None
+    return best[1], best[2]
+
+
 def block_scale(
-    values: np.ndarray, width: int, height: int
+    values: np.ndarray, width: int, height: int, square: SquareBlocks | None = None,
 ) -> tuple[np.ndarray, AxisScale, AxisScale]:
     """Scale a data picture [n_rows, n_cols] (row 0 = bottom, col 0 = left) to [height, width]
-    by whole-number block repetition. Cells outside the data are NaN (they become MC)."""
+    by whole-number block repetition. Cells outside the data are NaN (they become MC). With
+    `square`, blocks are near square at the gauge and the result is the picture plus its border."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError("block_scale wants a 2-D array")
-    ys, xs = axis_scale(values.shape[0], height), axis_scale(values.shape[1], width)
+    if square is not None:
+        xs, ys = square_scales(values.shape[0], values.shape[1], width, height, square)
+    else:
+        ys, xs = axis_scale(values.shape[0], height), axis_scale(values.shape[1], width)
     return _scale_axis(_scale_axis(values, ys, 0), xs, 1), xs, ys
 
 
@@ -242,14 +306,24 @@ def quantise(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
 # ------------------------------------------------------------------ stranded adjustment
 
 
-def limit_colours_per_row(
-    cells: np.ndarray, palette: Sequence[Colour], max_colours: int = 2
-) -> tuple[np.ndarray, list[dict[str, object]]]:
-    """Stranded work carries at most `max_colours` per row. In each row that has more, keep the
-    most used colours (ties: the lower level, i.e. the background) and move every other stitch
-    to the nearest kept level (ties: the lower). Returns the new cells and a change log."""
+def duplicate_stitch_layer(
+    cells: np.ndarray, max_colours: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stranded rows carry `max_colours`; the picture stays exact. In each row with more, the most
+    used colours are knitted (ties: the lower level) and every other stitch is knitted in the
+    nearest kept level, then covered by duplicate stitch in its own colour. Returns the knitted
+    cells and the duplicate layer (-1 where nothing is worked over)."""
+    cells = np.asarray(cells, dtype=np.int16)
+    knitted, _ = _reduce_rows(cells, max_colours)
+    layer = np.where(knitted != cells, cells, -1).astype(np.int16)
+    return knitted, layer
+
+
+def _reduce_rows(cells: np.ndarray, max_colours: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Rows with more than `max_colours`: keep the most used (ties: the lower level), move every
+    other stitch to the nearest kept level (ties: the lower). (row, from, to, stitches) per move."""
     out = np.array(cells, dtype=np.int16, copy=True)
-    changes: list[dict[str, object]] = []
+    moves: list[tuple[int, int, int, int]] = []
     for r in range(out.shape[0]):
         row = out[r]
         used, counts = np.unique(row, return_counts=True)
@@ -260,6 +334,15 @@ def limit_colours_per_row(
         for c, n in order[max_colours:]:
             target = min(keep, key=lambda k: (abs(k - c), k))
             row[row == c] = target
-            changes.append({"row": r + 1, "from": palette[c].code, "to": palette[target].code,
-                            "stitches": int(n)})
-    return out, changes
+            moves.append((r + 1, c, target, int(n)))
+    return out, moves
+
+
+def limit_colours_per_row(
+    cells: np.ndarray, palette: Sequence[Colour], max_colours: int = 2
+) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """Stranded work carries at most `max_colours` per row. In each row that has more, keep the
+    most used colours (ties: the lower level, i.e. the background) and move every other stitch
+    to the nearest kept level (ties: the lower). Returns the new cells and a change log."""
+    out, moves = _reduce_rows(cells, max_colours)
+    return out, [{"row": r, "from": palette[c].code, "to": palette[t].code, "stitches": n} for r, c, t, n in moves]

@@ -15,13 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .grid import CODES, AxisScale, block_scale, quantise
+from .grid import CODES, AxisScale, SquareBlocks, block_scale, quantise
 
 SOURCES: dict[str, str] = {
     "attention_head": (
         "one head's attention (layer, head): rows = query token (row 1 = first token), "
         "stitches = key token (first token at the left of the RS); colour = attention as a "
-        "multiple of uniform attention 1/n, n = number of tokens the query can see"),
+        "multiple of uniform attention 1/n, n = number of tokens the query can see, cut at fixed "
+        "quantiles of the prompt's visible attention"),
     "attention_layer_mean": (
         "a layer's attention averaged over its heads; rows, stitches and colours as for "
         "attention_head"),
@@ -37,6 +38,14 @@ SOURCES: dict[str, str] = {
 RESID_QUANTILES: dict[int, tuple[float, ...]] = {
     2: (0.5,), 3: (0.5, 0.9), 4: (0.5, 0.75, 0.9), 5: (0.5, 0.7, 0.85, 0.95),
     6: (0.5, 0.65, 0.8, 0.9, 0.97),
+}
+
+
+# The attention sources' default thresholds: fixed quantiles of the prompt's visible attention, per number
+# of colours, so roughly a quarter of the picture is contrast whatever the prompt's length.
+ATTENTION_QUANTILES: dict[int, tuple[float, ...]] = {
+    2: (0.75,), 3: (0.75, 0.92), 4: (0.7, 0.85, 0.95), 5: (0.65, 0.8, 0.9, 0.96),
+    6: (0.6, 0.75, 0.85, 0.92, 0.97),
 }
 
 
@@ -65,25 +74,35 @@ def _level_rules(codes: Sequence[str], thresholds: Sequence[float], unit: str) -
 
 def attention_levels(
     attn: np.ndarray, width: int, height: int, colours: int,
-    thresholds: Sequence[float] | None = None, causal: bool | None = None,
+    thresholds: Sequence[float] | str | None = None, causal: bool | None = None, square: SquareBlocks | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Attention [query, key] -> levels. Value = attention x n (n = keys visible to the query:
-    i + 1 if causal, T otherwise), so 1.0 is uniform; default thresholds 1, 2, 4, ... x uniform.
+    i + 1 if causal, T otherwise), so 1.0 is uniform. Thresholds: None or "quantiles" (the default):
+    ATTENTION_QUANTILES of the visible values, recorded with their values, so about a quarter of the
+    visible picture is contrast; "uniform": 1, 2, 4, ... x uniform; or numbers (x uniform).
     `causal` None: read it off the matrix (nothing above the diagonal)."""
     a = np.asarray(attn, dtype=np.float64)
     t_len = a.shape[0]
     causal = _is_causal(a) if causal is None else bool(causal)
     n_visible = np.arange(1, t_len + 1, dtype=np.float64) if causal else np.full(t_len, float(t_len))
     ratio = a * n_visible[:, None]
-    given = thresholds is not None
-    th = [float(x) for x in thresholds] if given else [2.0 ** j for j in range(colours - 1)]
-    levels, xs, ys = _scaled_levels(ratio, th, colours, width, height)
+    rule = "quantiles" if thresholds is None else thresholds
+    if isinstance(rule, str) and rule not in ("quantiles", "uniform"):
+        raise ValueError(f"thresholds must be numbers, 'quantiles' or 'uniform', not {rule!r}")
+    visible = ratio[np.tril_indices(t_len)] if causal else ratio.ravel()
+    qs = list(ATTENTION_QUANTILES[colours]) if rule == "quantiles" else None
+    th = ([round(float(x), 4) for x in np.quantile(visible, qs)] if qs is not None else
+          [2.0 ** j for j in range(colours - 1)] if rule == "uniform" else
+          [float(x) for x in rule])  # type: ignore[union-attr]
+    levels, xs, ys = _scaled_levels(ratio, th, colours, width, height, square)
     record = {
         "value": "attention x n (n = tokens the query can see); 1.0 = uniform attention 1/n",
         "causal": causal,
         "thresholds": th,
-        "threshold_rule": "user thresholds" if given else
-            "multiples of uniform attention: above 1/n, above 2/n, above 4/n, ...",
+        "threshold_rule": f"fixed quantiles {qs} of this prompt's visible attention (x uniform)" if qs is not None else
+            "multiples of uniform attention: above 1/n, above 2/n, above 4/n, ..." if rule == "uniform" else
+            "user thresholds",
+        "quantiles": qs,
         "levels": _level_rules(CODES[:colours], th, " x uniform"),
         "rows": "query token; row 1 = first token",
         "stitches": "key token; first token at the left edge of the RS (last stitch of RS rows)",
@@ -95,12 +114,13 @@ def attention_levels(
 
 
 def _scaled_levels(
-    values: np.ndarray, thresholds: list[float], colours: int, width: int, height: int
+    values: np.ndarray, thresholds: list[float], colours: int, width: int, height: int,
+    square: SquareBlocks | None = None,
 ) -> tuple[np.ndarray, Any, Any]:
     """Block-scale a [rows, cols] value grid to the chart and cut it into colour levels."""
     if len(thresholds) != colours - 1:
         raise ValueError(f"{colours} colours need {colours - 1} thresholds, got {len(thresholds)}")
-    scaled, xs, ys = block_scale(values, width, height)
+    scaled, xs, ys = block_scale(values, width, height, square)
     return quantise(scaled, thresholds), xs, ys
 
 
@@ -146,19 +166,21 @@ def top1_levels(
 
 def resid_levels(
     norms: np.ndarray, width: int, height: int, colours: int,
-    thresholds: Sequence[float] | None = None,
+    thresholds: Sequence[float] | str | None = None, square: SquareBlocks | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Residual norms [layer, token] -> levels by fixed quantiles of all norms (recorded with
     their values), or by user thresholds in norm units."""
     v = np.asarray(norms, dtype=np.float64)
-    given = thresholds is not None
+    if isinstance(thresholds, str) and thresholds != "quantiles":
+        raise ValueError(f"resid_norms takes numbers or 'quantiles', not {thresholds!r}")
+    given = thresholds is not None and thresholds != "quantiles"  # quantiles are this source's default
     if given:
-        th = [float(x) for x in thresholds]
+        th = [float(x) for x in thresholds]  # type: ignore[union-attr]
         qs: list[float] | None = None
     else:
         qs = list(RESID_QUANTILES[colours])
         th = [float(x) for x in np.quantile(v, qs)]
-    levels, xs, ys = _scaled_levels(v, th, colours, width, height)
+    levels, xs, ys = _scaled_levels(v, th, colours, width, height, square)
     record = {
         "value": "L2 norm of the residual stream",
         "thresholds": [round(x, 4) for x in th],
@@ -177,10 +199,12 @@ def resid_levels(
 
 def source_levels(
     cache: Any, source: str, layer: int | None, head: int | None,
-    width: int, height: int, colours: int, thresholds: Sequence[float] | None = None,
+    width: int, height: int, colours: int, thresholds: Sequence[float] | str | None = None,
+    square: SquareBlocks | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Dispatch on `source` (see SOURCES); records the source, its description and any layer/head
-    chosen by default (the middle layer, head 0)."""
+    chosen by default (the middle layer, head 0). `square`: near-square blocks and a border (not
+    for top1_prob, whose bars fill the height)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
     rec: dict[str, Any] = {"source": source, "description": SOURCES[source]}
@@ -198,10 +222,18 @@ def source_levels(
         else:
             attn = np.asarray(cache.layer_patterns(layer)).mean(axis=0)
         levels, more = attention_levels(attn, width, height, colours, thresholds,
-                                        getattr(cache, "causal", None))
+                                        getattr(cache, "causal", None), square)
     elif source == "top1_prob":
+        if isinstance(thresholds, str):
+            raise ValueError(f"top1_prob takes numeric cut points, not {thresholds!r} ('quantiles' is for attention)")
         levels, more = top1_levels(np.asarray(cache.topk_probs)[:, 0], width, height, colours, thresholds)
     else:
-        levels, more = resid_levels(np.asarray(cache.resid_norms), width, height, colours, thresholds)
+        levels, more = resid_levels(np.asarray(cache.resid_norms), width, height, colours, thresholds, square)
     rec.update(more)
+    if square is not None and source != "top1_prob":
+        xs, ys = more["x_scale"], more["y_scale"]
+        rec["square_blocks"] = {
+            "stitches_per_block": xs["stitches_per_block"], "rows_per_block": ys["stitches_per_block"],
+            "border_stitches": xs["offset"], "border_rows": ys["offset"],
+            "rule": "blocks near square in cm at the gauge; the chart is the picture plus an MC border all round"}
     return levels, rec
