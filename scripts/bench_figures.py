@@ -3,6 +3,7 @@
     python scripts/bench_figures.py                          # synthetic 100-token caches, SmolLM2's shape
     python scripts/bench_figures.py --save-path attn_data    # the caches an activations run wrote
     python scripts/bench_figures.py --all --stage            # also every built-in, and the full stage
+    python scripts/bench_figures.py --save-path D --builtins  # figures/s of every default built-in on D's caches
 
 Synthetic caches are real cache files (written with lens_pipeline.store.cache.serialize in the default
 pattern encoding, read back through the lazy reader) holding random causal softmax patterns, so the measured path is the
@@ -133,6 +134,60 @@ def bench_all(path: Path) -> None:
             print(f"  {spec.name:32s} {time.perf_counter() - started:7.3f} s  {size / 1024:8.1f} KiB")
 
 
+def _calls(spec, cache: object, caches: list) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """The argument tuples the stage would call one cache's figures with (model scope: once per pass)."""
+    if spec.scope == "head":
+        return [(cache, layer, head) for layer in range(cache.n_layers) for head in range(cache.n_heads)]  # type: ignore[attr-defined]
+    if spec.scope == "layer":
+        return [(cache, layer) for layer in range(cache.n_layers)]  # type: ignore[attr-defined]
+    if spec.scope == "prompt":
+        return [(cache,)]
+    return [(caches,)] if cache is caches[0] else []
+
+
+def bench_builtins(paths: list[Path], repeats: int, only: list[str] | None) -> None:
+    """Figures/s of each default built-in over the caches, rendered to file bytes as the stage renders them."""
+    import lens_pipeline.draw.builtins  # noqa: F401
+    from lens_pipeline.draw.registry import REGISTRY, SkipFigure
+    from lens_pipeline.figures import render
+
+    caches = [load(path) for path in paths]
+    tokens = statistics.mean(c.n_tokens for c in caches)
+    # CPU seconds of this process: on a shared machine, wall time also counts other processes' turns.
+    print(f"default built-ins, one core, {len(caches)} caches of mean {tokens:.0f} tokens, median of {repeats} passes:")
+    specs = [s for s in REGISTRY.values() if (s.name in only if only else s.default)]
+    warm = {}
+    for spec in specs:  # one untimed call each: imports, fonts, lookup tables
+        if any(not caches[0].has(name) for name in spec.needs):
+            warm[spec.name] = f"cache lacks {spec.needs}"
+            continue
+        try:
+            spec.func(*_calls(spec, caches[0], caches)[0])
+        except SkipFigure as reason:
+            warm[spec.name] = f"skipped: {reason}"
+        except Exception as error:  # a figure that cannot draw these caches is reported, not timed
+            warm[spec.name] = f"failed: {type(error).__name__}: {str(error)[:80]}"
+    for spec in specs:
+        if spec.name in warm:
+            print(f"  {spec.name:32s} {warm[spec.name]}")
+            continue
+        rates, cpu_rates, size = [], [], 0
+        for _ in range(repeats):
+            count, started, cpu = 0, time.perf_counter(), time.process_time()
+            for cache in caches:
+                for args in _calls(spec, cache, caches):
+                    result = spec.func(*args)
+                    outputs = result if len(spec.formats) > 1 else {spec.formats[0]: result}
+                    size += sum(len(render(obj, key.rsplit(".", 1)[-1])) for key, obj in outputs.items())
+                    count += 1
+            rates.append(count / (time.perf_counter() - started))
+            cpu_rates.append(count / max(time.process_time() - cpu, 1e-9))
+        print(f"  {spec.name:32s} {statistics.median(cpu_rates):9.1f} figures per CPU-second  "
+              f"{statistics.median(rates):9.1f} figures/s wall  ({count} per pass, mean {size / count / repeats / 1024:.0f} KiB)")
+    for cache in caches:
+        cache.close()
+
+
 def bench_stage(save_path: Path) -> None:
     """attention_heatmap through the whole stage (files, index rows) on a scratch copy."""
     from lens_pipeline.figures import run_figures
@@ -156,6 +211,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="also time every built-in once")
     parser.add_argument("--stage", action="store_true", help="also time attention_heatmap through the figures stage")
+    parser.add_argument("--builtins", action="store_true", help="figures/s of every default built-in (or --only)")
+    parser.add_argument("--only", nargs="+", help="with --builtins: just these figures")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # "per core" means one core
@@ -166,6 +223,9 @@ def main() -> None:
         else:
             save_path = Path(scratch)
             paths = synthetic_caches(save_path, args.prompts, args.tokens, args.layers, args.heads)
+        if args.builtins:
+            bench_builtins(paths, args.repeats, args.only)
+            return
         bench_fast_heatmap(paths, args.repeats)
         if args.all:
             bench_all(paths[0])

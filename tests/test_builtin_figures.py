@@ -13,11 +13,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from matplotlib.colors import Normalize, to_hex
+from matplotlib.colors import Normalize
 from PIL import Image
 
 import lens_pipeline.draw.builtins  # noqa: F401  (registers the built-ins)
 from lens_pipeline.activations import run_activations
+from lens_pipeline.draw import canvas, colormap
 from lens_pipeline.draw.builtins import attention, attention_stats, predictions, projection, summary, tokens
 from lens_pipeline.draw.builtins.plotting import token_label
 from lens_pipeline.draw.registry import REGISTRY, SkipFigure
@@ -98,6 +99,19 @@ def _cmap_rgb(values: np.ndarray | float) -> np.ndarray:
     return np.asarray(VIRIDIS(np.asarray(values), bytes=True))[..., :3]
 
 
+def _cell_colours(pixels: np.ndarray, grid: canvas.Grid, inset: int = 1) -> np.ndarray:
+    """[rows, cols, 3] colour of each cell of a drawn grid, read near its top-left corner (clear of cell text)."""
+    ys = grid.y + inset + grid.cell_h * np.arange(grid.rows)
+    xs = grid.x + inset + grid.cell_w * np.arange(grid.cols)
+    return pixels[ys[:, None], xs[None, :]]
+
+
+def _assert_colours(drawn: np.ndarray, expected: np.ndarray) -> None:
+    """Colours equal, up to a neighbouring colour-map entry where float32 and float64 bin a value differently."""
+    difference = np.abs(drawn.astype(int) - expected.astype(int)).max(-1)
+    assert (difference <= 4).all() and (difference == 0).mean() > 0.97
+
+
 def _draw(figure: matplotlib.figure.Figure) -> None:
     """Render like the stage does, failing on any missing-glyph or mathtext warning."""
     with warnings.catch_warnings():
@@ -122,7 +136,9 @@ def test_every_builtin_is_registered_with_scope_formats_and_a_description() -> N
         assert (spec.scope, spec.formats) == (scope, formats), name
         assert spec.description and not spec.description.endswith(":"), name
     assert REGISTRY["logit_lens"].needs == ("logit_lens_ids", "lm_head")  # an untrained head has no lens
-    assert REGISTRY["attention_heatmap"].params == {"cmap": "viridis", "side": 200}
+    assert REGISTRY["attention_heatmap"].params == {"cmap": "viridis", "side": 200, "scale": "sqrt", "skip_first": True}
+    for name in ("attention_heatmap", "attention_labeled", "attention_layer_grid", "attention_overview"):
+        assert {"scale", "skip_first"} <= set(REGISTRY[name].params), name  # every attention figure has both options
 
 
 # --- attention pictures -------------------------------------------------------------------------
@@ -134,10 +150,11 @@ def test_fast_heatmap_pixels_are_the_colormap_of_the_cached_weights(which: str, 
     n = cache.n_tokens
     # Out of layer order on purpose: the per-layer colour memo must never serve a stale layer.
     for layer, head in [(1, 0), (0, 2), (cache.n_layers - 1, cache.n_heads - 1), (1, 1)]:
-        image = attention.attention_heatmap(cache, layer, head)
+        image = attention.attention_heatmap(cache, layer, head, scale="linear", skip_first=False)
         scale = round(200 / n)
-        assert image.size == (n * scale, n * scale)
-        pixels = _png_rgb(image)
+        caption = attention.CAPTION_LINES * canvas.line_height() + 2
+        assert image.size == (max(n * scale, 150), n * scale + caption) and image.mode == "P"
+        pixels = _png_rgb(image)[: n * scale, : n * scale]
         pattern = cache.pattern(layer, head)
         # Every cell, at the centre of its block, is the colormap of the cached value ...
         np.testing.assert_array_equal(pixels[scale // 2 :: scale, scale // 2 :: scale], _cmap_rgb(pattern))
@@ -145,18 +162,20 @@ def test_fast_heatmap_pixels_are_the_colormap_of_the_cached_weights(which: str, 
         np.testing.assert_array_equal(pixels, np.repeat(np.repeat(_cmap_rgb(pattern), scale, 0), scale, 1))
     if not cache.causal:  # a bidirectional model's first token attends to the last one
         assert cache.pattern(0, 0)[0, -1] > 0.01
-        assert tuple(_png_rgb(attention.attention_heatmap(cache, 0, 0))[0, -1]) != tuple(_cmap_rgb(0.0))
+        shown = attention.attention_heatmap(cache, 0, 0, scale="linear", skip_first=False)
+        assert tuple(_png_rgb(shown)[0, n * scale - 1]) != tuple(_cmap_rgb(0.0))
 
 
 def test_layer_grid_places_every_head_in_its_labelled_tile(smol: dict[str, Cache]) -> None:
     cache = smol["paris"]
     layout, scale = attention.layer_grid_layout(cache.n_tokens, cache.n_heads, side=128)
-    pixels = np.asarray(attention.attention_layer_grid(cache, 5))
-    assert pixels.shape[:2] == (layout.size[1], layout.size[0])
+    pixels = _png_rgb(attention.attention_layer_grid(cache, 5, scale="linear", skip_first=False)).astype(int)
+    assert pixels.shape[0] > layout.size[1] and pixels.shape[1] >= layout.size[0]  # the colour key goes underneath
     for head in range(cache.n_heads):
         x, y = layout.origin(*divmod(head, layout.cols))
         tile = pixels[y : y + layout.side, x : x + layout.side]
-        np.testing.assert_array_equal(tile[scale // 2 :: scale, scale // 2 :: scale], _cmap_rgb(cache.pattern(5, head)))
+        expected = _cmap_rgb(cache.pattern(5, head)).astype(int)  # a palette PNG: within a level of the colour map
+        assert np.abs(tile[scale // 2 :: scale, scale // 2 :: scale] - expected).max() <= 6
     assert (pixels[: layout.top - 2] != 255).any()  # the head labels were drawn above the first row
 
 
@@ -165,8 +184,8 @@ def test_overview_has_a_tile_per_layer_and_head_max_pooled_for_long_prompts(smol
     cell = 16  # small, so this prompt is shrunk and the pooling is exercised
     layout, enlarge, shrink = attention.overview_layout(cache.n_tokens, cache.n_layers, cache.n_heads, cell)
     assert shrink > 1 and enlarge == 1
-    pixels = np.asarray(attention.attention_overview(cache, cell=cell))
-    assert pixels.shape[:2] == (layout.size[1], layout.size[0])
+    pixels = _png_rgb(attention.attention_overview(cache, cell=cell, scale="linear", skip_first=False))
+    assert pixels.shape[0] > layout.size[1] and pixels.shape[1] >= layout.size[0]
     n, blocks = cache.n_tokens, layout.side
     for layer in (0, cache.n_layers - 1):
         for head in range(cache.n_heads):
@@ -174,12 +193,102 @@ def test_overview_has_a_tile_per_layer_and_head_max_pooled_for_long_prompts(smol
             padded[:n, :n] = cache.pattern(layer, head)
             pooled = padded.reshape(blocks, shrink, blocks, shrink).max(axis=(1, 3))
             x, y = layout.origin(layer, head)
-            np.testing.assert_array_equal(pixels[y : y + blocks, x : x + blocks], _cmap_rgb(pooled))
+            # written as a palette PNG: the colour map at ~230 levels, so within a level of the exact colour
+            assert np.abs(pixels[y : y + blocks, x : x + blocks].astype(int) - _cmap_rgb(pooled).astype(int)).max() <= 6
+
+
+def test_colour_scales_are_exact_on_known_weights() -> None:
+    weights = np.array([0.0, 0.0005, 0.001, 0.01, 0.25, 1.0], dtype=np.float32)
+    np.testing.assert_array_equal(colormap.scaled(weights, "linear"), weights)
+    np.testing.assert_allclose(colormap.scaled(weights, "sqrt"), [0.0, np.sqrt(0.0005), np.sqrt(0.001), 0.1, 0.5, 1.0], rtol=1e-6)
+    # log10 from 0.001 (and below) to 1: 0.01 sits a third of the way up
+    np.testing.assert_allclose(colormap.scaled(weights, "log"), [0.0, 0.0, 0.0, 1 / 3, (np.log10(0.25) + 3) / 3, 1.0], rtol=1e-6)
+    assert colormap.to_index(colormap.scaled(np.float32([0.25]), "sqrt"))[0] == 128  # floor(0.5 * 256)
+    assert colormap.to_index(colormap.scaled(np.float32([0.01]), "log"))[0] == 85  # floor(256 / 3)
+    with pytest.raises(ValueError, match="colour scale"):
+        colormap.scaled(weights, "cubic")
+    # The edges the viewer bins by (display.facts) give the same colour index as the figures.
+    for scale in colormap.SCALES:
+        edges = np.array(colormap.scale_index_edges(scale))
+        probe = np.float32([0.0004, 0.003, 0.02, 0.137, 0.5, 0.9])
+        from_edges = np.searchsorted(edges, probe, side="right") - 1
+        np.testing.assert_array_equal(from_edges, colormap.to_index(colormap.scaled(probe, scale)))
+
+
+def test_first_token_option_removes_its_row_and_column_and_is_written_on_the_figure(smol: dict[str, Cache]) -> None:
+    cache = smol["paris"]
+    n, layer, head = cache.n_tokens, 20, 4
+    full = attention.layer_color_indices(cache, layer, "linear", skip_first=False)[head]
+    without = attention.layer_color_indices(cache, layer, "linear", skip_first=True)[head]
+    assert full.shape == (n, n) and without.shape == (n - 1, n - 1)
+    np.testing.assert_array_equal(without, full[1:, 1:])
+    assert attention.statement(n, "sqrt", True) == "colour = attention weight, sqrt scale; first token left out"
+    assert attention.statement(2, "sqrt", True).endswith("all tokens")  # "Hi": one token would be left
+    image = attention.attention_heatmap(cache, layer, head)  # defaults: sqrt, first token left out
+    scale = round(200 / (n - 1))
+    pixels = _png_rgb(image)
+    expected = _cmap_rgb(np.sqrt(cache.pattern(layer, head)[1:, 1:]))
+    _assert_colours(pixels[scale // 2 : (n - 1) * scale : scale, scale // 2 : (n - 1) * scale : scale], expected)
+    caption = pixels[(n - 1) * scale :]
+    assert (caption != _cmap_rgb(0.0)).any(-1).sum() > 100  # the caption's text, in the colour map's top colour
+
+
+def _brightest_column_share(ink: np.ndarray) -> float:
+    """[heads, queries, keys] colour indices -> the share of all ink (sum of indices) in the brightest key column."""
+    per_column = ink.astype(np.float64).sum(axis=(0, 1))
+    return float(per_column.max() / per_column.sum())
+
+
+BRIGHTEST_COLUMN_LIMIT = 0.2  # structure: no key column holds a fifth of a late layer's ink
+
+
+def test_default_overview_of_late_layers_is_not_one_bright_column(smol: dict[str, Cache]) -> None:
+    """The criterion: in every layer >= 17 of SmolLM2, as the default overview and layer grid draw it, the
+    brightest key column holds under 20% of the image's ink (ink = colour index, 0 = darkest). On the old
+    default (linear, first token shown) the attention sink's column takes most of it."""
+    cache = smol["long"]
+    defaults = REGISTRY["attention_overview"].params
+    assert REGISTRY["attention_layer_grid"].params["scale"] == defaults["scale"] == "sqrt" and defaults["skip_first"]
+    old, new = [], []
+    scale, skip_first = defaults["scale"], defaults["skip_first"]
+    for layer in range(17, cache.n_layers):
+        old.append(_brightest_column_share(attention.layer_color_indices(cache, layer, "linear", skip_first=False)))
+        new.append(_brightest_column_share(attention.layer_color_indices(cache, layer, scale, skip_first)))
+    assert max(new) < BRIGHTEST_COLUMN_LIMIT, new
+    assert np.median(old) > 0.4  # the old default really was dominated by the first token's column
+    # The same holds for the pixels of the drawn grid image of the last layer (tiles only, not labels).
+    layer = cache.n_layers - 1
+    indices = attention.layer_color_indices(cache, layer, defaults["scale"], True)
+    layout, px = attention.layer_grid_layout(indices.shape[-1], cache.n_heads, 128)
+    image = _png_rgb(attention.attention_layer_grid(cache, layer)).astype(np.float64)
+    columns = np.zeros(indices.shape[-1])
+    for head in range(cache.n_heads):
+        x, y = layout.origin(*divmod(head, layout.cols))
+        tile = image[y : y + layout.side, x : x + layout.side]
+        brightness = np.abs(tile - tile[0, -1]).sum(-1)  # distance from the empty colour (a future key's cell)
+        columns += brightness.sum(0).reshape(-1, px).sum(1)
+    assert columns.max() / columns.sum() < BRIGHTEST_COLUMN_LIMIT
+
+
+def test_text_is_at_least_nine_pixels_and_every_figure_fits_the_viewer(smol: dict[str, Cache]) -> None:
+    mask = np.asarray(canvas.text_mask("H", canvas.FONT_PX))
+    rows = np.flatnonzero(mask.max(1) > 127)
+    assert rows.max() - rows.min() + 1 >= 9  # a capital letter at the smallest size used is 9 px tall
+    cache = smol["long"]
+    pictures = [predictions.topk_heatmap_canvas(cache), predictions.logit_lens_canvas(cache),
+                predictions.topk_bars_canvas(cache)[0], tokens.token_values_canvas(cache, tokens.token_rows(cache))[0],
+                tokens.neuron_heatmap_canvas(cache)[0],
+                attention_stats.statistics_canvas(attention_stats.prompt_statistics(cache), "t")[0]]
+    for picture in pictures:
+        assert min(picture.sizes) >= canvas.FONT_PX
+        assert picture.image.width <= canvas.MAX_WIDTH
+    labeled = attention.attention_labeled(smol["paris"], 0, 0).axes[0]  # matplotlib, written at 100 dpi
+    assert min(t.get_fontsize() for t in labeled.get_xticklabels()) * 100 / 72 >= 12
 
 
 def test_labeled_heatmap_shows_the_pattern_with_escaped_token_labels(smol: dict[str, Cache]) -> None:
     cache = smol["xss"]
-    figure = attention.attention_labeled(cache, 3, 4)
+    figure = attention.attention_labeled(cache, 3, 4, scale="linear", skip_first=False)
     axes = figure.axes[0]
     shown = axes.images[0].get_array()
     np.testing.assert_array_equal(shown.filled(0), cache.pattern(3, 4))
@@ -187,8 +296,11 @@ def test_labeled_heatmap_shows_the_pattern_with_escaped_token_labels(smol: dict[
     labels = [t.get_text() for t in axes.get_xticklabels()]
     assert labels == [token_label(t) for t in cache.tokens]
     assert any(r"\$" in label for label in labels)  # '$' would otherwise switch on mathtext
-    assert "L3 H4" in axes.get_title()
+    assert "L3 H4" in axes.get_title() and "linear scale; all tokens" in axes.get_title()
     _draw(figure)
+    default = attention.attention_labeled(cache, 3, 4)  # sqrt scale, first token left out: both written on it
+    np.testing.assert_allclose(default.axes[0].images[0].get_array().filled(0), np.sqrt(cache.pattern(3, 4)[1:, 1:]), rtol=1e-6)
+    assert "sqrt scale; first token left out" in default.axes[0].get_title()
     with pytest.raises(SkipFigure, match="max_tokens=40"):
         attention.attention_labeled(smol["long"], 0, 0)
 
@@ -235,9 +347,14 @@ def test_attention_stats_json_and_heatmaps_agree_with_a_direct_computation(smol:
     assert data["entropy"][layer][head] == pytest.approx(entropy, abs=1e-5)
     assert data["mean_distance"][layer][head] == pytest.approx(distance, abs=1e-5)
     assert data["first_token_share"][layer][head] == pytest.approx(pattern[1:, 0].mean(), abs=1e-5)
-    panels = {a.get_title(): a.images[0].get_array() for a in result["png"].axes if a.images}
-    np.testing.assert_allclose(panels["entropy (nats)"], data["entropy"], atol=1e-6)
-    np.testing.assert_allclose(panels["first-token share"], data["first_token_share"], atol=1e-6)
+    stats = {name: np.array(data[name]) for name in attention_stats.STATISTICS}
+    picture, grids = attention_stats.statistics_canvas(stats, "t")
+    pixels = np.asarray(picture.image)
+    for name, vmax in (("entropy", stats["entropy"].max()), ("first_token_share", 1.0)):
+        grid = grids[name]
+        drawn = _cell_colours(pixels, grid)[::-1]  # layer 0 is the bottom row
+        _assert_colours(drawn, _cmap_rgb(Normalize(0.0, vmax)(stats[name])))
+    assert isinstance(result["png"], Image.Image)
 
 
 def test_stats_across_prompts_average_the_per_prompt_numbers(smol: dict[str, Cache], minilm: Cache) -> None:
@@ -305,27 +422,30 @@ def test_token_values_html_escapes_hostile_tokens_and_colours_by_value(hostile: 
 
 
 def test_token_values_png_rows_are_the_cached_values(smol: dict[str, Cache]) -> None:
-    cache = smol["paris"]
-    figure = tokens.token_values(cache, layers=[2], neurons_per_layer=2)["png"]
-    images = [a.images[0].get_array()[0] for a in figure.axes if a.images]
-    np.testing.assert_allclose(images[0], cache.topk_probs[:, 0])
-    np.testing.assert_allclose(images[1], cache.resid_norms[-1])
-    np.testing.assert_allclose(images[2], cache.neuron_acts[2, 0])
-    bottom_row = [a for a in figure.axes if a.images][-1]
-    assert [t.get_text() for t in bottom_row.get_xticklabels()] == [token_label(t) for t in cache.tokens]
-    _draw(figure)
+    cache = smol["long"]  # longer than a line of TOKENS_PER_LINE tokens: wrapped onto panels
+    rows = tokens.token_rows(cache, layers=[2], neurons_per_layer=2)
+    picture, panels = tokens.token_values_canvas(cache, rows)
+    assert len(panels) == -(-cache.n_tokens // tokens.TOKENS_PER_LINE) > 1
+    pixels = np.asarray(picture.image)
+    expected_rows = [cache.topk_probs[:, 0], cache.resid_norms[-1], cache.neuron_acts[2, 0], cache.neuron_acts[2, 1]]
+    for r, (row, values) in enumerate(zip(rows, expected_rows)):
+        np.testing.assert_allclose(row.values, values, rtol=1e-6)
+        drawn = np.concatenate([_cell_colours(pixels, grids[r])[0] for grids in panels])
+        cmap = matplotlib.colormaps[row.cmap]
+        _assert_colours(drawn, np.asarray(cmap(Normalize(row.vmin, row.vmax)(values), bytes=True))[:, :3])
+    assert min(picture.sizes) >= canvas.FONT_PX
 
 
 def test_neuron_heatmap_shows_the_stored_neurons_of_each_chosen_layer(smol: dict[str, Cache]) -> None:
     cache = smol["paris"]
-    figure = tokens.neuron_heatmap(cache)
-    heatmaps = [a for a in figure.axes if a.images]
-    assert len(heatmaps) == 4  # first, last and two between
-    for axes, layer in zip(heatmaps, [0, 10, 19, 29]):
-        np.testing.assert_array_equal(axes.images[0].get_array(), cache.neuron_acts[layer])
-        assert [t.get_text() for t in axes.get_yticklabels()] == [str(i) for i in cache.neuron_ids[layer]]
-        low, high = axes.images[0].get_clim()
-        assert low == -high == -np.abs(cache.neuron_acts[layer]).max()  # centred on 0
+    picture, grids = tokens.neuron_heatmap_canvas(cache)
+    assert list(grids) == [0, 10, 19, 29]  # first, last and two between
+    pixels = np.asarray(picture.image)
+    rdbu = matplotlib.colormaps["RdBu_r"]
+    for layer, grid in grids.items():
+        acts = cache.neuron_acts[layer].astype(np.float32)
+        limit = np.abs(acts).max()  # centred on 0
+        _assert_colours(_cell_colours(pixels, grid), np.asarray(rdbu(Normalize(-limit, limit)(acts), bytes=True))[..., :3])
     with pytest.raises(ValueError, match="out of range"):
         tokens.neuron_heatmap(cache, layers=[30])
 
@@ -333,43 +453,65 @@ def test_neuron_heatmap_shows_the_stored_neurons_of_each_chosen_layer(smol: dict
 # --- predictions ---------------------------------------------------------------------------------
 
 
+def _rgb(hex_color: str) -> tuple[int, ...]:
+    return tuple(bytes.fromhex(hex_color[1:]))
+
+
 def test_topk_bars_show_the_cached_predictions_and_mark_the_real_next_token(smol: dict[str, Cache]) -> None:
     cache = smol["paris"]  # 13 tokens: 12 evenly spaced positions, first and last included
-    figure = predictions.topk_bars(cache)
-    axes_list = figure.axes
-    positions = [int(a.get_title().split()[0][1:]) for a in axes_list]
-    assert len(axes_list) == 12 and positions[0] == 0 and positions[-1] == cache.n_tokens - 1
+    picture, bars = predictions.topk_bars_canvas(cache)
+    assert len(bars) == 12 and min(bars) == 0 and max(bars) == cache.n_tokens - 1
+    pixels = np.asarray(picture.image)
     first_is = cache.tokens.index(" is")
-    axes = axes_list[positions.index(first_is)]
-    widths = [bar.get_width() for bar in axes.patches]
-    np.testing.assert_allclose(widths, cache.topk_probs[first_is])
-    labels = [t.get_text() for t in axes.get_yticklabels()]
-    assert labels == [token_label(s) for s in cache.topk_strs[first_is]]
-    orange = [label for label, bar in zip(labels, axes.patches) if to_hex(bar.get_facecolor()) == predictions.ACTUAL_COLOR]
+    left, bar_w, tops = bars[first_is]
+    colours = {}
+    for rank, top in enumerate(tops):
+        middle = pixels[top + predictions.BAR_ROW // 2, left : left + bar_w]
+        length = int(round(float(cache.topk_probs[first_is, rank]) * bar_w))
+        if length >= 2:  # the bar is as long as its probability: a run of one colour from the axis
+            run = 1 + (int(np.argmin((middle[1:] == middle[1]).all(-1))) or bar_w)  # column 0 is the axis line
+            assert abs(run - length) <= 1
+            colours[rank] = tuple(middle[1])
+    assert set(colours.values()) <= {_rgb(predictions.BAR_COLOR), _rgb(predictions.ACTUAL_COLOR)}
+    orange = [str(cache.topk_strs[first_is, r]) for r, c in colours.items() if c == _rgb(predictions.ACTUAL_COLOR)]
     assert orange == [" Paris"]  # the model's guess after "The capital of France is" really came next
+    # The legend says what orange and blue mean, with a swatch of each colour above the panels.
+    legend = pixels[: tops[0] - 20]
+    for hex_color, text in predictions.LEGEND:
+        assert (legend == _rgb(hex_color)).all(-1).sum() >= 50, text
+    assert "actually came next" in predictions.LEGEND[1][1]
 
 
-def test_topk_heatmap_cells_are_probabilities_labelled_with_tokens(smol: dict[str, Cache]) -> None:
+def test_topk_heatmap_cells_are_probabilities_in_panels_that_say_their_positions(smol: dict[str, Cache]) -> None:
+    cache = smol["long"]
+    picture = predictions.topk_heatmap_canvas(cache, max_positions=30, per_panel=12)
+    assert [g.cols for g in picture.grids] == [10, 10, 10]
+    pixels = np.asarray(picture.image)
+    positions = list(range(cache.n_tokens - 30, cache.n_tokens))
+    drawn = np.concatenate([_cell_colours(pixels, grid) for grid in picture.grids], axis=1)
+    _assert_colours(drawn, _cmap_rgb(cache.topk_probs[positions].T))
+    assert picture.image.width <= canvas.MAX_WIDTH and min(picture.sizes) >= canvas.FONT_PX
+    # Written as a palette PNG: each cell within a few levels of its exact colour.
+    written = _png_rgb(picture.finish()).astype(int)
+    for grid in picture.grids:
+        assert np.abs(_cell_colours(written, grid) - _cell_colours(pixels, grid)).max() <= 6
+    # Each cell carries its token's text: ink of the other colour inside the cell.
+    grid = picture.grids[-1]
+    x, y = grid.cell(0, grid.cols - 1)
+    cell = pixels[y : y + grid.cell_h, x : x + grid.cell_w].astype(int)
+    assert (np.abs(cell - cell[1, 1]).max(-1) > 60).sum() > 10
+
+
+def test_logit_lens_grid_is_layer_by_position_with_layer_zero_at_the_bottom(smol: dict[str, Cache], minilm: Cache) -> None:
     cache = smol["paris"]
-    figure = predictions.topk_heatmap(cache)
-    axes = figure.axes[0]
-    np.testing.assert_allclose(axes.images[0].get_array(), cache.topk_probs.T)
-    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in axes.texts}
-    assert texts[(cache.n_tokens - 1, 0)] == token_label(cache.topk_strs[-1, 0], 8) == " Paris"
-
-
-def test_logit_lens_grid_is_layer_by_position_with_top_tokens(smol: dict[str, Cache], minilm: Cache) -> None:
-    cache = smol["paris"]
-    figure = predictions.logit_lens(cache)
-    axes = figure.axes[0]
+    picture = predictions.logit_lens_canvas(cache)  # 13 positions: balanced panels of 7 and 6
     probs = cache.array("logit_lens_probs").astype(np.float32)
-    np.testing.assert_allclose(axes.images[0].get_array(), probs)
-    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in axes.texts}
-    assert len(texts) == probs.size
-    assert texts[(cache.n_tokens - 1, cache.n_layers - 1)] == " Paris"  # the last layer's lens is the output
-    long = predictions.logit_lens(smol["long"], max_positions=10)
-    assert long.axes[0].images[0].get_array().shape == (cache.n_layers, 10)
-    assert "last 10 of" in long.axes[0].get_xlabel()
+    assert [g.cols for g in picture.grids] == [7, 6] and {g.rows for g in picture.grids} == {cache.n_layers}
+    drawn = np.concatenate([_cell_colours(np.asarray(picture.image), grid) for grid in picture.grids], axis=1)
+    _assert_colours(drawn[::-1], _cmap_rgb(probs))
+    assert picture.image.width <= canvas.MAX_WIDTH  # shown unscaled in the viewer's figure box
+    long = predictions.logit_lens_canvas(smol["long"], max_positions=10)
+    assert [g.cols for g in long.grids] == [10]
     assert not minilm.has("logit_lens_ids")  # the stage skips the figure here, by its `needs`
 
 
@@ -393,7 +535,9 @@ def test_token_pca_matches_an_svd_of_the_standardised_neuron_features(smol: dict
         sign = np.sign(got[:, axis] @ expected[:, axis])
         np.testing.assert_allclose(got[:, axis], sign * expected[:, axis], atol=1e-4)
     np.testing.assert_allclose(data["explained_variance_ratio"], singular[:2] ** 2 / (singular**2).sum(), atol=1e-5)
-    assert [t.get_text() for t in result["png"].axes[0].texts] == [token_label(t, 12) for t in cache.tokens[1:]]
+    points, _ = projection.to_pixels(got, (0, 0, projection.PLOT_W, projection.PLOT_H))
+    assert (points >= 0).all() and (points[:, 0] < projection.PLOT_W).all() and (points[:, 1] < projection.PLOT_H).all()
+    assert isinstance(result["png"], Image.Image)
     with pytest.raises(SkipFigure, match="too few"):
         projection.token_pca(smol["hi"])
 

@@ -110,7 +110,9 @@ def test_matplotlib_builtins_write_svg_and_pdf(small_run: Path, tmp_path: Path) 
 
     save = tmp_path / "data"
     shutil.copytree(small_run, save)
-    summary = run_figures(save, figures=["topk_bars", "neuron_heatmap"], image_formats=["svg", "pdf"], progress=False)
+    # attention_labeled: a matplotlib built-in (the default ones draw with PIL); 3 prompts x 2 heads
+    heads = {"layers": "0", "heads": "0-1"}
+    summary = run_figures(save, figures=["attention_labeled"], image_formats=["svg", "pdf"], progress=False, **heads)
     assert summary.written == 6 and summary.failed == 0
     files = [f for row in summary.rows for f in row["files"]]
     assert sorted({f["format"] for f in files}) == ["pdf", "svg"] and len(files) == 12
@@ -125,5 +127,5 @@ def test_matplotlib_builtins_write_svg_and_pdf(small_run: Path, tmp_path: Path) 
             reader = PdfReader(io.BytesIO(data))
             assert len(reader.pages) == 1 and reader.pages[0].mediabox.width > 100
     # The same run again is up to date; PNG again is a redraw.
-    assert run_figures(save, figures=["topk_bars"], image_formats=["svg", "pdf"], progress=False).written == 0
-    assert run_figures(save, figures=["topk_bars"], progress=False).written == 3
+    assert run_figures(save, figures=["attention_labeled"], image_formats=["svg", "pdf"], progress=False, **heads).written == 0
+    assert run_figures(save, figures=["attention_labeled"], progress=False, **heads).written == 6

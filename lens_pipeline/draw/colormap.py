@@ -52,6 +52,47 @@ def to_index(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.nda
     return scaled.astype(np.uint8)
 
 
+LOG_FLOOR = 1e-3  # the log scale's lowest weight: 0.001 and below share the darkest colour
+
+# Attention colour scales: weight in 0..1 -> position on the colour map in 0..1. The table the
+# figures use and the one the viewer receives (display.facts) both come from here.
+SCALES: dict[str, str] = {
+    "linear": "linear",
+    "sqrt": "square root (shows small weights)",
+    "log": f"log10 from {LOG_FLOOR:g} to 1 (shows very small weights)",
+}
+DEFAULT_SCALE = "sqrt"  # with the first token left out, late layers' spread-out weights stay visible
+
+
+def scaled(values: np.ndarray, scale: str = DEFAULT_SCALE) -> np.ndarray:
+    """Attention weights -> float32 positions 0..1 on the colour map under `scale` (SCALES)."""
+    values = np.asarray(values, dtype=np.float32)
+    if scale == "linear":
+        return values
+    if scale == "sqrt":
+        return np.sqrt(np.maximum(values, 0, dtype=np.float32))
+    if scale == "log":
+        floor = np.float32(LOG_FLOOR)
+        return (np.log10(np.maximum(values, floor)) - np.log10(floor)) / -np.log10(floor)
+    raise ValueError(f"unknown colour scale {scale!r}; choose one of {', '.join(SCALES)}")
+
+
+def scale_index_edges(scale: str) -> list[float]:
+    """[257] weights where each colour index starts under `scale` (index i covers edges[i] <= w < edges[i+1]):
+    the viewer bins a weight by these, so its colours are the figures' colours without the rule in JS."""
+    positions = np.arange(N_COLORS + 1, dtype=np.float64) / N_COLORS
+    if scale == "linear":
+        weights = positions
+    elif scale == "sqrt":
+        weights = positions**2
+    elif scale == "log":
+        weights = LOG_FLOOR ** (1.0 - positions)
+        weights[0] = 0.0
+    else:
+        raise ValueError(f"unknown colour scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return [float(w) for w in weights]
+
+
 def upscale(index: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour enlargement by a whole number: each cell becomes scale x scale pixels."""
     if scale == 1:
@@ -83,6 +124,7 @@ def hex_colors(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[
             for i, ok in zip(to_index(values, vmin, vmax).reshape(-1), finite)]
 
 
+@functools.lru_cache(maxsize=4096)  # backgrounds come from 256-entry tables: few distinct ones
 def text_color(background_hex: str) -> str:
     """Black or white, whichever reads better on the background (WCAG relative luminance)."""
     r, g, b = (int(background_hex[i : i + 2], 16) / 255 for i in (1, 3, 5))

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
+from PIL import Image
 
-from lens_pipeline.draw.builtins.plotting import new_figure, title_for, token_label
+from lens_pipeline.draw import canvas, colormap
+from lens_pipeline.draw.builtins.plotting import title_for, token_label
 from lens_pipeline.draw.registry import register_figure
 from lens_pipeline.store.cache import Cache
 
@@ -31,19 +32,23 @@ DEFINITIONS: dict[str, str] = {  # written into the JSON, so the numbers explain
 
 
 def head_statistics(patterns: np.ndarray, causal: bool) -> dict[str, np.ndarray]:
-    """[..., T, T] attention (rows = queries) -> each statistic with shape [...]."""
-    patterns = np.asarray(patterns, dtype=np.float64)
+    """[..., T, T] attention (rows = queries) -> each statistic with shape [...].
+
+    Element-wise work in float32 (the cached weights' own precision), sums accumulated in float64."""
+    patterns = np.asarray(patterns, dtype=np.float32)
     n = patterns.shape[-1]
     rows = slice(1, None) if causal and n > 1 else slice(None)
     a = patterns[..., rows, :]
     queries = np.arange(n)[rows]
-    distance = np.abs(queries[:, None] - np.arange(n)[None, :])
-    a_log_a = a * np.log(np.where(a > 0, a, 1.0))  # 0 log 0 = 0
+    distance = np.abs(queries[:, None] - np.arange(n)[None, :]).astype(np.float32)
+    a_log_a = np.zeros_like(a)
+    np.log(a, out=a_log_a, where=a > 0)  # 0 log 0 = 0; a causal row's future keys cost nothing
+    a_log_a *= a
     return {
-        "entropy": (-a_log_a.sum(-1)).mean(-1),
-        "max_weight": a.max(-1).mean(-1),
-        "mean_distance": (a * distance).sum(-1).mean(-1),
-        "first_token_share": a[..., 0].mean(-1),
+        "entropy": (-a_log_a.sum(-1, dtype=np.float64)).mean(-1),
+        "max_weight": a.max(-1).astype(np.float64).mean(-1),
+        "mean_distance": (a * distance).sum(-1, dtype=np.float64).mean(-1),
+        "first_token_share": a[..., 0].astype(np.float64).mean(-1),
     }
 
 
@@ -53,23 +58,41 @@ def prompt_statistics(cache: Cache) -> dict[str, np.ndarray]:
     return {name: np.stack([stats[name] for stats in per_layer]) for name in STATISTICS}
 
 
-def statistics_figure(stats: dict[str, np.ndarray], title: str) -> Figure:
-    """A 2 x 2 panel of [layer x head] heatmaps, one per statistic."""
+def statistics_canvas(stats: dict[str, np.ndarray], title: str) -> tuple[canvas.Canvas, dict[str, canvas.Grid]]:
+    """A 2 x 2 panel of [layer x head] heatmaps, one per statistic (layer 0 at the bottom), each with its
+    colour bar; returns the picture and where each statistic's cells lie."""
     n_layers, n_heads = stats["entropy"].shape
-    height = min(16.0, 2.0 + 0.22 * n_layers) * 2
-    figure = new_figure(max(7.0, 1.6 + 0.45 * n_heads * 2), height)
-    figure.suptitle(title, fontsize=10)
-    for position, (name, label) in enumerate(STATISTICS.items(), start=1):
-        axes = figure.add_subplot(2, 2, position)
-        vmax = 1.0 if name in ("max_weight", "first_token_share") else None
-        image = axes.imshow(stats[name], aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax,
-                            interpolation="nearest")
-        axes.set_title(label, fontsize=9)
-        axes.set_xlabel("head")
-        axes.set_ylabel("layer")
-        axes.set_xticks(range(n_heads))
-        figure.colorbar(image, ax=axes)
-    return figure
+    cell_w, cell_h = max(12, min(24, 320 // n_heads)), max(6, min(16, 420 // n_layers))
+    line = canvas.line_height()
+    label_w = 12 + canvas.text_width(str(n_layers - 1)) + line
+    panel_w = label_w + n_heads * cell_w + 90
+    panel_h = line + 4 + n_layers * cell_h + line + 16
+    note = "Rows = layers (0 at the bottom), columns = heads. " + DEFINITIONS["averaging"] + "."
+    width = max(2 * panel_w + 12, 520)
+    note_lines = canvas.wrapped_lines(note, width - 12)
+    picture = canvas.Canvas(width, 10 + canvas.line_height(canvas.TITLE_PX) + note_lines * line + 2 * panel_h + 6)
+    picture.text(6, 4, canvas.fit_text(title, width - 12, canvas.TITLE_PX), canvas.TITLE_PX)
+    y0 = picture.wrap(6, 6 + canvas.line_height(canvas.TITLE_PX), note, width - 12) + 6
+    grids = {}
+    for slot, (name, label) in enumerate(STATISTICS.items()):
+        values = stats[name][::-1]  # layer 0 at the bottom
+        vmax = 1.0 if name in ("max_weight", "first_token_share") else max(float(np.nanmax(values)), 1e-9)
+        x, y = 6 + (slot % 2) * panel_w, y0 + (slot // 2) * panel_h
+        picture.text(x + label_w, y, label)
+        grid = picture.heatmap(x + label_w, y + line + 4, colormap.to_index(values, 0.0, vmax), "viridis", cell_w, cell_h)
+        picture.frame(grid)
+        picture.y_labels(grid, [str(layer) for layer in range(n_layers - 1, -1, -1)])
+        picture.x_labels(grid, [str(head) for head in range(n_heads)], vertical=cell_w < 16)
+        picture.text(x + 2, grid.y + grid.height / 2, "layer", color=canvas.MUTED, anchor="lm", vertical=True)
+        picture.text(grid.x + grid.width / 2, grid.y + grid.height + line + 2, "head", color=canvas.MUTED, anchor="mt")
+        ticks = [(t / vmax, canvas.number(t)) for t in canvas.nice_ticks(0.0, vmax, 4)]
+        picture.colorbar(grid.x + grid.width + 10, grid.y, grid.height, "viridis", ticks)
+        grids[name] = grid
+    return picture, grids
+
+
+def statistics_figure(stats: dict[str, np.ndarray], title: str) -> Image.Image:
+    return statistics_canvas(stats, title)[0].finish()
 
 
 def _as_lists(stats: dict[str, np.ndarray]) -> dict[str, Any]:

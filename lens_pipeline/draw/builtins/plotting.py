@@ -34,6 +34,7 @@ def _font_charmap() -> frozenset[int]:
     return frozenset(ft2font.FT2Font(path).get_charmap())
 
 
+@functools.lru_cache(maxsize=65536)  # the same tokens recur across a prompt's figures
 def token_label(token: str, max_chars: int = 16) -> str:
     """A token as matplotlib should draw it, literally: whitespace made visible, '$' escaped (it
     would start mathtext), characters the font lacks replaced by □, long tokens shortened."""

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lens_pipeline.draw.builtins.plotting import new_figure, title_for, token_label
+from lens_pipeline.draw import canvas, colormap
+from lens_pipeline.draw.builtins.plotting import title_for, token_label
 from lens_pipeline.draw.registry import SkipFigure, register_figure
 from lens_pipeline.store.cache import Cache
 
@@ -62,6 +63,57 @@ def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.pad(coords, ((0, 0), (0, missing))), np.pad(ratio, (0, missing))
 
 
+PLOT_W, PLOT_H = 620, 480
+READING_ORDER = (205, 205, 205)
+
+
+def to_pixels(coords: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """[n, 2] data -> [n, 2] pixel positions inside box (left, top, width, height), y upwards, with 5% margins;
+    also the data range (x0, x1, y0, y1) the box shows."""
+    low, high = coords.min(0), coords.max(0)
+    span = np.where(high > low, high - low, 1.0)
+    low, high = low - 0.05 * span, high + 0.05 * span
+    left, top, width, height = box
+    x = left + (coords[:, 0] - low[0]) / (high[0] - low[0]) * (width - 1)
+    y = top + height - 1 - (coords[:, 1] - low[1]) / (high[1] - low[1]) * (height - 1)
+    return np.stack([x, y], 1), (float(low[0]), float(high[0]), float(low[1]), float(high[1]))
+
+
+def scatter_canvas(coords: np.ndarray, positions: np.ndarray, labels: list[str], ratio: np.ndarray, title: str,
+                   described: str) -> canvas.Canvas:
+    """Tokens as points coloured by position, joined in reading order, each labelled with its token."""
+    line = canvas.line_height()
+    left, top = 16 + line + canvas.text_width("-0.000"), 10 + canvas.line_height(canvas.TITLE_PX) + 2 * line + 8
+    picture = canvas.Canvas(left + PLOT_W + 100, top + PLOT_H + 2 * line + 12)
+    picture.text(6, 4, canvas.fit_text(title, picture.image.width - 12, canvas.TITLE_PX), canvas.TITLE_PX)
+    picture.wrap(6, 6 + canvas.line_height(canvas.TITLE_PX), f"Features: {described}. Grey line = reading order; "
+                 "colour = token position (colour bar).", picture.image.width - 12)
+    points, (x0, x1, y0, y1) = to_pixels(coords, (left, top, PLOT_W, PLOT_H))
+    picture.draw.rectangle((left - 1, top - 1, left + PLOT_W, top + PLOT_H), outline=canvas.FRAME)
+    for value in canvas.nice_ticks(x0, x1):
+        x = left + (value - x0) / (x1 - x0) * (PLOT_W - 1)
+        picture.draw.line((x, top + PLOT_H, x, top + PLOT_H + 3), fill=canvas.TEXT)
+        picture.text(x, top + PLOT_H + 4, canvas.number(value), anchor="mt")
+    for value in canvas.nice_ticks(y0, y1):
+        y = top + PLOT_H - 1 - (value - y0) / (y1 - y0) * (PLOT_H - 1)
+        picture.draw.line((left - 4, y, left - 1, y), fill=canvas.TEXT)
+        picture.text(left - 6, y, canvas.number(value), anchor="rm")
+    picture.text(left + PLOT_W / 2, top + PLOT_H + line + 6, f"PC1 ({ratio[0]:.0%} of variance)", anchor="mt")
+    picture.text(4, top + PLOT_H / 2, f"PC2 ({ratio[1]:.0%} of variance)", anchor="lm", vertical=True)
+    picture.draw.line([tuple(p) for p in points], fill=READING_ORDER, width=1)
+    picture.inks.add(READING_ORDER)
+    span = max(int(positions.max() - positions.min()), 1)
+    table = colormap.lut("viridis")
+    for (x, y), position in zip(points, positions):
+        color = tuple(int(c) for c in table[min(255, (int(position) - int(positions.min())) * 256 // (span + 1))])
+        picture.draw.ellipse((x - 3.5, y - 3.5, x + 3.5, y + 3.5), fill=color)
+    for (x, y), label in zip(points, labels):
+        picture.text(x + 5, y - 3, label, anchor="lb")
+    ticks = [(0.0, str(int(positions.min()))), (1.0, str(int(positions.max())))]
+    picture.colorbar(left + PLOT_W + 14, top, PLOT_H, "viridis", ticks, "token position")
+    return picture
+
+
 @register_figure(scope="prompt", formats=("png", "json"))
 def token_pca(cache: Cache, skip_first: bool = True) -> dict[str, Any]:
     """Tokens on their first two principal components of the stored per-token features (see module doc)."""
@@ -74,16 +126,7 @@ def token_pca(cache: Cache, skip_first: bool = True) -> dict[str, Any]:
     positions = np.arange(start, cache.n_tokens)
     labels = [token_label(cache.tokens[p], 12) for p in positions]
 
-    figure = new_figure(8.0, 7.0)
-    axes = figure.add_subplot()
-    axes.plot(coords[:, 0], coords[:, 1], color="#dddddd", linewidth=0.6, zorder=1)  # reading order
-    points = axes.scatter(coords[:, 0], coords[:, 1], c=positions, cmap="viridis", s=24, zorder=2)
-    for (x, y), label in zip(coords, labels):
-        axes.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
-    axes.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
-    axes.set_ylabel(f"PC2 ({ratio[1]:.0%} of variance)")
-    axes.set_title(title_for(cache, "token PCA") + "\n" + token_label(described, 200), fontsize=9)
-    figure.colorbar(points, ax=axes, label="position")
+    picture = scatter_canvas(coords, positions, labels, ratio, title_for(cache, "token PCA"), described)
     data = {
         "features": described,
         "skipped_positions": list(range(start)),
@@ -91,4 +134,4 @@ def token_pca(cache: Cache, skip_first: bool = True) -> dict[str, Any]:
         "points": [{"position": int(p), "token": cache.tokens[p], "x": round(float(x), 6), "y": round(float(y), 6)}
                    for p, (x, y) in zip(positions, coords)],
     }
-    return {"png": figure, "json": data}
+    return {"png": picture.finish(), "json": data}

@@ -70,7 +70,7 @@ export class Heatmap {
     off.height = n;
     const ctx = off.getContext("2d");
     const image = ctx.createImageData(n, n);
-    const sqrt = this.options.scale === "sqrt";
+    const edges = this.options.scale === "linear" ? null : FACTS.scale_edges[this.options.scale];
     const { cmap, vmin, vmax } = FACTS.attention;
     const table = FACTS.colormaps[cmap];
     for (let q = 0; q < n; q++) {
@@ -78,7 +78,7 @@ export class Heatmap {
       for (let k = 0; k < n; k++) {
         const masked = this.data.causal && k > q;
         const v = row[k] === null ? 0 : row[k];
-        const colour = masked ? FACTS.masked : colourAt(table, sqrt ? Math.sqrt(v) : v, vmin, vmax);
+        const colour = masked ? FACTS.masked : edges ? table[binIndex(edges, v)] : colourAt(table, v, vmin, vmax);
         const at = 4 * (q * n + k);
         image.data[at] = colour[0];
         image.data[at + 1] = colour[1];
@@ -220,4 +220,17 @@ export class Heatmap {
       tipRow("weight", el("strong", { dataset: { field: "weight", value: String(value) }, text: formatValue(value) }),
         masked ? el("span", { class: "muted", text: " (masked: future token)" }) : null));
   }
+}
+
+// The colour index i with edges[i] <= v < edges[i + 1]: a scale's edges come from Python (display.facts).
+function binIndex(edges, v) {
+  let lo = 0;
+  let hi = edges.length - 2;
+  if (!(v >= edges[1])) return 0;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (v >= edges[mid]) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
