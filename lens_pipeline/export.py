@@ -271,6 +271,11 @@ def _files_of(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({f["path"] for row in rows if row["status"] not in ("error", "skipped") for f in row["files"]})
 
 
+def _assets_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The shared scripts interactive figures load (lens_pipeline.draw.interactive), as their rows record."""
+    return sorted({a["path"] for row in rows if row.get("status") == "ok" for a in row.get("assets") or ()})
+
+
 def _bytes(root: Path, paths: list[str]) -> int:
     return sum(f.stat().st_size for p in paths if (f := root / p).is_file())
 
@@ -296,7 +301,7 @@ def export_static(save_path: str | Path, out: str | Path, selection: Selection |
         if selection.max_mb is not None:
             shared = [row for key, rows in by_prompt.items() if key not in export.view.caches for row in rows]
             total = (len(payload(index_table(export))) + len(bundle("exported")) + len(stylesheet())
-                     + _bytes(export.api.root, _files_of(shared)))
+                     + _bytes(export.api.root, _files_of(shared) + _assets_of(export.view.figures)))
             keep = set()
             for key, size in sizes.items():
                 if total + size > selection.max_mb * 1e6:
@@ -335,7 +340,7 @@ def _write_folder(export: Export, out: Path, payloads: dict[tuple[str, str], str
         table["text_files"].update({role["path"]: "shared" for row in shared for role in text_files(row)})
         (out / "data" / "shared.js").write_text(data_script("shared", file_texts(export, shared)), encoding="utf-8")
     (out / "data" / "index.js").write_text(data_script("index", table), encoding="utf-8")
-    files = _files_of(table["figures"])
+    files = _files_of(table["figures"]) + _assets_of(export.view.figures)
     for path in files:
         source = export.api.root / path
         if source.is_file():

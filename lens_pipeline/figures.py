@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from lens_pipeline.capture.models import slug
 from lens_pipeline.distributed import DistributedError
+from lens_pipeline.draw import interactive
 from lens_pipeline.draw.registry import REGISTRY, FigureSpec, SkipFigure
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
@@ -387,7 +388,11 @@ def draw(
         paths = figure_paths(spec, source.model, source.prompt_hash, task, outputs)
         for key, obj in outputs.items():
             fmt = key.rsplit(".", 1)[-1]
-            data = render(obj, fmt, close=False)  # one figure may be written in several formats
+            if fmt == "html" and interactive.is_interactive(obj):  # a page loading the save path's one copy of Plotly
+                data, row["assets"] = interactive.page_bytes(obj, save_path, paths[key])
+                row["view"] = interactive.VIEW
+            else:
+                data = render(obj, fmt, close=False)  # one figure may be written in several formats
             write_atomic(save_path / paths[key], data, durable=False)
             files.append({"path": paths[key], "format": fmt, "bytes": len(data), "sha256": index.sha256_bytes(data)})
         close_figures(outputs.values())
@@ -480,6 +485,7 @@ class FigurePlan:
     stale: list[dict[str, Any]] = field(default_factory=list)
     up_to_date: list[dict[str, Any]] = field(default_factory=list)  # recorded rows that need no redraw
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    planned: set[index.Key] = field(default_factory=set)  # the figure keys this run draws
 
     @property
     def size(self) -> int:
@@ -497,12 +503,24 @@ def is_current(
         return False
     if row["status"] == "ok" and tuple(row.get("image_formats") or ()) != image_formats:
         return False
-    return row["status"] == "skipped" or index.is_complete(row, save_path)
+    assets = row.get("assets")  # the shared scripts an interactive page loads: there, at their recorded size
+    return row["status"] == "skipped" or (index.is_complete(row, save_path)
+                                          and (not assets or index.is_complete({"status": "ok", "files": assets}, save_path)))
 
 
 def model_fingerprint(cache_rows: Sequence[dict[str, Any]]) -> str:
     """A model-scope figure's input is the set of its model's caches: a new one makes it out of date."""
     return index.sha256_bytes("".join(sorted(r.get("sha256") or "" for r in cache_rows)).encode())
+
+
+def _to_draw(plan: FigurePlan, row: dict[str, Any] | None, key: index.Key, spec: FigureSpec, params: dict[str, Any],
+             source_sha: str | None, save_path: Path, settings: FiguresSettings) -> bool:
+    """Whether the figure at `key` is drawn this run (then planned); else its recorded row is kept as up to date."""
+    if row is not None and not settings.force and is_current(row, spec, params, source_sha, save_path, settings.image_formats):
+        plan.up_to_date.append(row)
+        return False
+    plan.planned.add(key)
+    return True
 
 
 def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: FiguresSettings,
@@ -518,7 +536,6 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
     damaged = [row for key, row in current.items() if key not in present and selected(row)
                and (save_path / row["path"]).is_file()]
     figures = {key: row for key, row in newest.items() if row["kind"] == "figure"}
-    planned: set[index.Key] = set()
     per_prompt = [s for s in specs if s.scope != "model"]
     shapes: dict[str, Any] = {}  # cache path -> its meta (layers, heads); read from the file only
     for cache_row in caches + damaged if per_prompt else []:
@@ -537,12 +554,8 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
             params = effective_params(spec, settings.params)
             for task in _tasks_for(spec, shape, settings.layers, settings.heads) if shape else [Task(spec.name)]:
                 key = ("figure", cache_row["model"], cache_row["prompt_hash"], task.function, task.layer, task.head, "")
-                if not settings.force and is_current(figures.get(key), spec, params, cache_row.get("sha256"), save_path,
-                                                     settings.image_formats):
-                    plan.up_to_date.append(figures[key])
-                else:
+                if _to_draw(plan, figures.get(key), key, spec, params, cache_row.get("sha256"), save_path, settings):
                     jobs.append((task, params))
-                    planned.add(key)
         if jobs:
             plan.prompts.append((cache_row, jobs))
     for model in sorted({row["model"] for row in caches}):
@@ -552,15 +565,11 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
         for spec in (s for s in specs if s.scope == "model"):
             params = effective_params(spec, settings.params)
             key = ("figure", model, "", spec.name, None, None, "")
-            if not settings.force and is_current(figures.get(key), spec, params, fingerprint, save_path,
-                                                 settings.image_formats):
-                plan.up_to_date.append(figures[key])
-            else:
+            if _to_draw(plan, figures.get(key), key, spec, params, fingerprint, save_path, settings):
                 todo.append((spec, params))
-                planned.add(key)
         if todo:
             plan.models.append((model, rows, fingerprint, todo))
-    plan.stale = stale_rows(figures, present, planned)
+    plan.stale = stale_rows(figures, present, plan.planned)
     return plan
 
 
@@ -775,7 +784,9 @@ def show(rows: Sequence[dict[str, Any]], save_path: str | Path, limit: int | Non
             continue
         label = html.escape(caption(row, texts or {}))
         display(HTML(f"<div style='font: 12px sans-serif; margin-top: 8px'><b>{label}</b></div>"))
-        display(viewers[entry["format"]](str(Path(save_path) / entry["path"])))
+        path = str(Path(save_path) / entry["path"])
+        interactive_page = row.get("view") == interactive.VIEW and entry["format"] == "html"
+        display(HTML(interactive.notebook_html(path)) if interactive_page else viewers[entry["format"]](path))
     if len(kept) < len(shown_rows):
         display(Markdown(f"Showing {len(kept)} of {len(shown_rows)} figures (`display_limit={limit}`): pass "
                          f"`display_limit=None` for all, or narrow with `figures=`, `prompts=`, `layers=`, `heads=`."))

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lens_pipeline import __version__
+from lens_pipeline.draw.interactive import VIEW as INTERACTIVE_VIEW
 from lens_pipeline.store import index
 from lens_pipeline.viewer import ApiError, ViewerApi, resolve_inside
 
@@ -41,8 +42,12 @@ PAGE_CSP = (
 )
 # Saved files are data, never a page: a sandboxed origin with no script, even if one is HTML/SVG.
 FILE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+# An interactive figure's page (lens_pipeline.draw.interactive; its row's view says so): the scripts
+# of the save path may run, none inline, nothing fetched, in a sandbox without the viewer's origin.
+INTERACTIVE_CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
+                   "sandbox allow-scripts")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
-TEXT_TYPES = {".md": "text/markdown", ".txt": "text/plain", ".csv": "text/csv", ".json": "application/json",
+TEXT_TYPES = {".md": "text/markdown", ".txt": "text/plain", ".k": "text/plain", ".csv": "text/csv", ".json": "application/json",
               ".jsonl": "application/jsonl", ".js": "text/javascript", ".css": "text/css", ".html": "text/html",
               ".svg": "image/svg+xml"}
 
@@ -102,7 +107,11 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 self._send_json(200, self.server.api.handle(route, parts.query), send_body)
             elif route.startswith("/files/"):
                 relpath = unquote(route[len("/files/"):], errors="strict")
-                self._send_file(resolve_inside(self.server.api.root, relpath), FILE_CSP, send_body)
+                pages, scripts = interactive_files(self.server.api)
+                csp = INTERACTIVE_CSP if relpath in pages else FILE_CSP
+                # The scripts those pages load: their sandbox is an origin of its own, so same-origin would refuse them.
+                corp = "cross-origin" if relpath in scripts else "same-origin"
+                self._send_file(resolve_inside(self.server.api.root, relpath), csp, send_body, corp)
             elif route in ("/", "/index.html"):
                 self._send_file(STATIC_DIR / "index.html", PAGE_CSP, send_body)
             elif route.startswith("/static/"):
@@ -129,11 +138,11 @@ class ViewerHandler(BaseHTTPRequestHandler):
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return name in allowed
 
-    def _common_headers(self, csp: str) -> None:
+    def _common_headers(self, csp: str, corp: str = "same-origin") -> None:
         self.send_header("Content-Security-Policy", csp)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cross-Origin-Resource-Policy", corp)
 
     def _send_json(self, status: int, payload: Any, send_body: bool, extra: dict[str, str] | None = None) -> None:
         body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
@@ -148,7 +157,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def _send_file(self, path: Path, csp: str, send_body: bool) -> None:
+    def _send_file(self, path: Path, csp: str, send_body: bool, corp: str = "same-origin") -> None:
         try:
             stat = path.stat()
         except OSError:
@@ -167,7 +176,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(stat.st_size if not send_body else len(data)))
         self.send_header("ETag", etag)
         self.send_header("Cache-Control", "no-cache")  # revalidate: figures are rewritten in place
-        self._common_headers(csp)
+        self._common_headers(csp, corp)
         self.end_headers()
         if send_body:
             self.wfile.write(data)
@@ -178,6 +187,20 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"lens_pipeline.server: {format % args}\n")
+
+
+def interactive_files(api: ViewerApi) -> tuple[frozenset[str], frozenset[str]]:
+    """(pages, scripts): the HTML files of ok figure rows whose view is interactive (the only files
+    served with INTERACTIVE_CSP) and the shared scripts those rows record under `assets`."""
+    view = api.index.view()
+
+    def collect() -> list[Any]:
+        rows = [row for row in view.figures if row.get("view") == INTERACTIVE_VIEW and row.get("status") == "ok"]
+        entries = lambda key: (e for row in rows for e in row.get(key) or [] if isinstance(e, dict))  # noqa: E731
+        return [(frozenset(str(e.get("path")) for e in entries("files") if str(e.get("path", "")).endswith(".html")),
+                 frozenset(str(e.get("path")) for e in entries("assets")))]
+
+    return view.memo(("interactive files",), collect)[0]
 
 
 def _content_type(path: Path) -> str:

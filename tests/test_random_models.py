@@ -78,7 +78,9 @@ def test_same_seed_same_weights_and_same_cache_contents(tmp_path: Path, prompts:
     for run in ("one", "two"):
         summary = run_activations("tiny-gpt2", prompts, tmp_path / run, random_weights=True, progress=False, batch_size=2)
         assert summary.written == len(PROMPTS)
-    for row in index.read_rows(tmp_path / "one"):
+    cards = [[r["sha256"] for r in index.read_rows(tmp_path / run) if r["kind"] == "model_card"] for run in ("one", "two")]
+    assert len(cards[0]) == 1 and cards[0] == cards[1]  # the model card too, byte for byte
+    for row in (r for r in index.read_rows(tmp_path / "one") if r["kind"] == "cache"):
         with Cache(tmp_path / "one" / row["path"]) as a, Cache(tmp_path / "two" / row["path"]) as b:
             assert a.meta == b.meta and a.names() == b.names()
             for name in a.names():
@@ -89,6 +91,8 @@ def test_random_runs_are_marked_everywhere(tmp_path: Path, prompts: Path) -> Non
     summary = run_activations("tiny-llama", prompts, tmp_path, random_weights=True, progress=False)
     assert summary.models_loaded == ["tiny-llama-random"]
     rows = index.read_rows(tmp_path)
+    assert [r["kind"] for r in rows].count("model_card") == 1 and all(r["random_weights"] is True for r in rows)
+    rows = [r for r in rows if r["kind"] == "cache"]
     assert len(rows) == len(PROMPTS)
     for row in rows:
         assert row["random_weights"] is True and row["model"] == "tiny-llama-random" and "random" in row["model_id"]

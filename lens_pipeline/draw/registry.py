@@ -42,6 +42,7 @@ VIEWS: dict[str, str] = {
     "image": "the first PNG/SVG/JPEG file, as a picture",
     "knitting": "a knitting pattern: chart, written pattern and every file to download",
     "html": "a self-contained HTML page, in a sandboxed frame",
+    "interactive": "an interactive Plotly page (draw.interactive), in a frame sandboxed to run the save path's scripts only",
     "markdown": "Markdown text",
     "json": "a JSON table",
     "text": "plain text",

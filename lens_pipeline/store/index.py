@@ -9,10 +9,11 @@ leave one row per output. A failed append (disk full) truncates the file back to
 Caches are keyed by their settings too (`settings_id`): caches of one prompt made with other
 settings live side by side, and `current_caches()` names the newest for each (model, prompt).
 
-Row fields: kind ("cache" | "figure"), model, prompt_hash, layer, head, function, path (relative
-to the save path), files (every file of a multi-file figure), format, bytes, sha256, status
-("ok" | "error" | "skipped" | "stale"), error and traceback (errors), reason (skipped, stale),
-warnings, params, created (UTC ISO time), tool_version.
+Row fields: kind ("cache" | "figure" | "model_card": one per model, see capture/model_card.py),
+model, prompt_hash, layer, head, function, path (relative to the save path), files (every file of
+a multi-file figure), format, bytes, sha256, status ("ok" | "error" | "skipped" | "stale"), error
+and traceback (errors), reason (skipped, stale), warnings, params, created (UTC ISO time),
+tool_version.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lens_pipeline import __version__
 INDEX_NAME = "index.jsonl"
 Key = tuple[str, str, str, str, Any, Any, str]
 VOLATILE_FIELDS = ("created", "seconds", "tool_version")  # differ between two runs of the same work
+ROW_KINDS = ("cache", "figure", "model_card")  # readers pick the kinds they use by name
 
 
 def index_path(save_path: str | os.PathLike[str]) -> Path:
@@ -163,7 +165,7 @@ def parse_lines(chunk: bytes, warn: Any, first_line: int) -> Iterator[dict[str, 
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or row.get("kind") not in ("cache", "figure"):
+            if not isinstance(row, dict) or row.get("kind") not in ROW_KINDS:
                 raise ValueError("not an index row")
             hash(row_key(row))  # key fields must be hashable (a list where a layer belongs is not)
         except (ValueError, TypeError) as error:

@@ -111,7 +111,7 @@ class LiveIndex:
         def count_bad(message: str) -> None:  # garbage lines are counted and skipped, never fatal
             self._bad_lines += 1
 
-        # The index's own line rule: JSON objects of kind cache or figure with a hashable key.
+        # The index's own line rule: JSON objects of a known kind (index.ROW_KINDS) with a hashable key.
         for row in index.parse_lines(chunk[:end], count_bad, 0):
             key = index.row_key(row)
             self._rows.pop(key, None)  # a re-recorded output moves to the end, as in index.latest
@@ -124,7 +124,7 @@ class LiveIndex:
         for key, row in self._rows.items():
             if row["kind"] == "cache":
                 cache_rows.setdefault((row.get("model", ""), row.get("prompt_hash", "")), []).append(row)
-            else:
+            elif row["kind"] == "figure":  # model cards are not shown as rows
                 figures[key] = row
         current = index.current_caches(row for rows in cache_rows.values() for row in rows)
         caches = {key: current.get(key, rows[-1]) for key, rows in cache_rows.items()}

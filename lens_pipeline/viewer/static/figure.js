@@ -14,12 +14,36 @@ export async function loadText(file, box, asJson) {
   }
 }
 
+// The views an interactive figure may ask to open (a click on a head in the 3-D view opens it).
+const OPENED_FROM_FRAMES = new Set(["head"]);
+
+// A click in an interactive figure's frame asks for a view by its hash parameters; only a message
+// from that frame, naming a view in OPENED_FROM_FRAMES, is followed. Returns the listener's remover.
+function followClicks(frame) {
+  const listen = (event) => {
+    const data = event.data;
+    if (event.source !== frame.contentWindow || !data || data.lens !== "open" || typeof data.params !== "object") return;
+    const { view, model, prompt, layer, head } = data.params;
+    if (OPENED_FROM_FRAMES.has(view)) location.hash = hashFor({ view, model, prompt, layer, head });
+  };
+  window.addEventListener("message", listen);
+  return () => window.removeEventListener("message", listen);
+}
+
 function shown(row) {
   if (row.status === "error" || row.status === "skipped") return null;  // statusNote says why
   if (row.view === "image" || !row.main) return figureImage(row, "large");
   if (row.view === "html") {
     // Served with a sandboxing CSP; the frame is sandboxed as well: no script, no navigation.
     return el("iframe", { class: "figure-html", src: row.main.url, sandbox: "", title: `${row.function} (HTML)`, loading: "lazy" });
+  }
+  if (row.view === "interactive") {
+    // Plotly draws it: scripts may run, from the save path only (the server's CSP), in an origin of its own.
+    // From file:// (an export) a frame sandboxed without same-origin may not load file scripts, and every
+    // file is an origin of its own there anyway, so same-origin gives the frame nothing of this page.
+    const sandbox = location.protocol === "file:" ? "allow-scripts allow-same-origin" : "allow-scripts";
+    return el("iframe", { class: "figure-html figure-interactive", src: row.main.url, sandbox,
+                          title: `${row.function} (interactive)` });
   }
   const box = el("pre", { class: "figure-text", dataset: { view: row.view }, text: "Loading…" });
   loadText(row.main, box, row.view === "json");
@@ -36,15 +60,17 @@ export async function figure(main, params) {
     row.layer !== null && row.head !== null && row.prompt_hash ?
       el("a", { class: "button secondary", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: row.layer, head: row.head }), text: "Interactive head" }) : null,
     row.prompt_hash ? el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash, layer: row.layer ?? 0 }), text: "Token values" }) : null);
+  const figureBox = shown(row);
   main.replaceChildren(el("div", { class: "page", dataset: { status: row.status } },
     el("h1", {}, row.function, " ", el("span", { class: "badge", text: headLabel(row) || row.scope }), staleBadge(row)),
     el("p", { class: "muted", text: row.model }),
     row.prompt_hash ? promptTitle(row.text, row.prompt_hash) : null,
     statusNote(row),
     actions,
-    shown(row),
+    figureBox,
     row.files.length ? [el("h2", { text: "Files" }), fileList(row)] : null,
     el("h2", { text: "Parameters" }),
     el("pre", { class: "params", text: JSON.stringify(row.params, null, 1) + `\ncreated ${row.created}` +
       (row.cache_path ? `\ndrawn from ${row.cache_path}` : "") })));
+  return row.view === "interactive" && figureBox ? followClicks(figureBox) : null;
 }
