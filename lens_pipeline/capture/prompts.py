@@ -117,7 +117,33 @@ def read_prompts(path: str | os.PathLike[str]) -> tuple[list[Prompt], list[Promp
             continue
         metadata = {key: value for key, value in record.items() if key != "text"}
         prompts.append(Prompt(record["text"], source, metadata))
+    prompts, errors = check_groups(prompts, errors)
     if not prompts:
         detail = f"; first problem: {errors[0]}" if errors else ""
         raise PromptFileError(f"{path}: no usable prompts{detail}")
     return prompts, errors
+
+
+def check_groups(prompts: list[Prompt], errors: list[PromptError]) -> tuple[list[Prompt], list[PromptError]]:
+    """Phrasing comparisons (lens_pipeline/corpus/compare.py): a `pair` must name the `id` of another
+    line; a `group` is one name, and its lines may not name different `model`s. Lines that break
+    this become bad lines (file:line: reason)."""
+    ids = {str(p.metadata["id"]) for p in prompts if "id" in p.metadata}
+    models: dict[str, tuple[str, str]] = {}  # group -> (model, the line that named it first)
+    good: list[Prompt] = []
+    for prompt in prompts:
+        meta, problem = prompt.metadata, None
+        group, pair = meta.get("group"), meta.get("pair")
+        if group is not None and (not isinstance(group, str) or not group):
+            problem = '"group" must be a non-empty string naming the prompts to compare'
+        elif pair is not None and not (isinstance(pair, str) and pair in ids and pair != str(meta.get("id"))):
+            problem = f'"pair" names {pair!r}, which is not the "id" of another prompt in this file'
+        elif group is not None and "model" in meta:
+            first = models.setdefault(group, (str(meta["model"]), prompt.source))
+            if first[0] != str(meta["model"]):
+                problem = f'group {group!r} spans models: {first[0]!r} at {first[1]}, {meta["model"]!r} here'
+        if problem:
+            errors.append(PromptError(prompt.source, problem))
+        else:
+            good.append(prompt)
+    return good, errors

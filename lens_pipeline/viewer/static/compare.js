@@ -1,5 +1,5 @@
 // Side by side: a figure (or, without a figure function, the head drawn from each current cache)
-// across models or layers.
+// across models or layers; or one head of several prompts (across=prompts&prompts=HASH,HASH).
 import { api } from "./data.js";
 import { figureImage, figureLink, staleBadge } from "./figures.js";
 import { Heatmap } from "./heatmap.js";
@@ -7,11 +7,12 @@ import { el, errorBox, hashFor, headLabel, promptTitle, range } from "./util.js"
 
 export async function compare(main, params) {
   const p = Object.fromEntries(params);
-  const across = p.across === "layers" ? "layers" : "models";
+  const across = ["layers", "prompts"].includes(p.across) ? p.across : "models";
   const layer = p.layer === undefined || p.layer === "" ? null : Number(p.layer);
   const head = p.head === undefined || p.head === "" ? null : Number(p.head);
   const panels = el("div", { class: "compare" });
   const otherAcross = across === "models" ? "layers" : "models";
+  if (across === "prompts") return comparePrompts(main, p, layer ?? 0, head ?? 0);
   const page = el("div", { class: "page" },
     el("h1", {}, `Compare across ${across} `, el("span", { class: "badge", text: [p.function, headLabel({ layer: across === "layers" ? null : layer, head })].filter(Boolean).join(" ") })),
     el("div", { class: "actions" }, el("a", { class: "button secondary", href: hashFor(Object.assign({}, p, { across: otherAcross })), text: `Compare across ${otherAcross} instead` })),
@@ -58,4 +59,30 @@ export async function compare(main, params) {
     observer.observe(panel);
   });
   return () => observer.disconnect();
+}
+
+// One head of each prompt named in p.prompts, side by side, all drawn from their current caches.
+async function comparePrompts(main, p, layer, head) {
+  const prompts = (p.prompts || "").split(",").filter(Boolean);
+  const info = await api("cache", { model: p.model, prompt: prompts[0] });
+  const move = (changes) => hashFor(Object.assign({}, p, changes));
+  const panels = el("div", { class: "compare" });
+  main.replaceChildren(el("div", { class: "page" },
+    el("h1", {}, "Compare prompts ", el("span", { class: "badge", text: headLabel({ layer, head }) })),
+    el("div", { class: "actions" },
+      el("a", { class: "button secondary", href: move({ layer: Math.max(0, layer - 1) }), text: "◀ layer" }),
+      el("a", { class: "button secondary", href: move({ layer: Math.min(info.n_layers - 1, layer + 1) }), text: "layer ▶" }),
+      el("a", { class: "button secondary", href: move({ head: Math.max(0, head - 1) }), text: "◀ head" }),
+      el("a", { class: "button secondary", href: move({ head: Math.min(info.n_heads - 1, head + 1) }), text: "head ▶" })),
+    panels));
+  for (const prompt of prompts) {
+    const box = el("div", { class: "panel-body" }, el("p", { class: "muted", text: "Loading…" }));
+    const meta = prompt === prompts[0] ? info : await api("cache", { model: p.model, prompt });
+    panels.append(el("figure", { class: "panel", dataset: { prompt, layer, head } }, box,
+      el("figcaption", {}, el("a", { href: hashFor({ view: "head", model: p.model, prompt, layer, head }), text: meta.text }))));
+    const data = await api("pattern", { model: p.model, prompt, layer, head });
+    const canvas = el("canvas", { class: "heatmap small" });
+    box.replaceChildren(canvas);
+    new Heatmap(canvas, { labels: data.shown_tokens, values: data.values, causal: data.causal }, { maxSize: 300, labels: data.shown_tokens.length <= 30 });
+  }
 }

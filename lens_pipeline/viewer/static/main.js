@@ -1,4 +1,15 @@
 // The viewer's page as the server serves it: answers from its HTTP API, the index followed live.
-import { start } from "./app.js";
+import { start, views } from "./app.js";
+import { neurons } from "./neurons.js";
+import { pca } from "./pca.js";
+import { phrasings } from "./phrasings.js";
+import { el } from "./util.js";
 
+// The corpus views (lens_pipeline/corpus/api.py answers them) exist on the server's page only: a static
+// export or a notebook widget has no corpus endpoints, so their tabs are added here.
+Object.assign(views, { neurons, phrasings, pca });
+document.querySelector("nav.tabs").append(
+  el("a", { href: "#view=neurons", dataset: { tab: "neurons" }, text: "Neurons" }),
+  el("a", { href: "#view=phrasings", dataset: { tab: "phrasings" }, text: "Compare prompts" }),
+  el("a", { href: "#view=pca", dataset: { tab: "pca" }, text: "Corpus PCA" }));
 start({ live: true });
