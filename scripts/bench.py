@@ -17,6 +17,14 @@ Targets: stage throughput >= 85% of bare (issue 6); cache <= 1/8 of the bytes of
 
     python scripts/bench.py --ray-workers 2 --limit 48   # also: the stage on a local 2-worker Ray
                                                          # cluster vs one process on the same cores
+
+Length sweep (instead of the above): prompts of exactly N tokens, made by joining consecutive
+passages of the prompt file and cutting at N (`--max-tokens N`); per length, alternating bare/stage
+pairs in this process, the stage's share of the bare forward (median of the pairs' wall ratios,
+and of their CPU ratios), cache bytes per prompt and per token^2, and the peak RSS of a fresh
+process running only the bare forward and of one running only the stage's CLI:
+
+    python scripts/bench.py --sweep 150,500,1000,2000 --sweep-tokens 4000 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import cProfile
 import importlib.util
 import io
 import json
+import os
 import pstats
 import resource
 import shutil
@@ -42,7 +51,7 @@ import torch
 from lens_pipeline import activations
 from lens_pipeline.capture import extract, models
 from lens_pipeline.capture.models import forget_loaded, resolve
-from lens_pipeline.capture.prompts import read_prompts
+from lens_pipeline.capture.prompts import Prompt, read_prompts
 from lens_pipeline.capture.random_models import resolve as resolve_random
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import (
@@ -84,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-workers", type=int, default=0, metavar="N",
                         help="also run the stage on a local Ray cluster of N CPU workers and compare it with one "
                         "process (outputs and seconds, model loading included); needs ray (default: skip)")
+    parser.add_argument("--sweep", default="", metavar="N,N,...",
+                        help="length sweep instead of the above: prompts of exactly these token counts (e.g. 150,500,1000,2000)")
+    parser.add_argument("--sweep-tokens", type=int, default=4000,
+                        help="tokens per length in the sweep: prompts = max(1, this // N) (default: %(default)s)")
+    parser.add_argument("--no-rss", action="store_true", help="sweep: skip the peak-RSS subprocesses")
+    parser.add_argument("--bare-only", metavar="PROMPTS_JSONL", help=argparse.SUPPRESS)  # child: bare forward only
     parser.add_argument("--json", default="bench.json", help="where to write the results (default: %(default)s)")
     return parser
 
@@ -225,6 +240,127 @@ def ray_comparison(args: argparse.Namespace, prompts_file: Path, work: Path, n_p
             "identical": rows(work / "ray_single") == rows(work / "ray_run")}
 
 
+def sweep_texts(model: Any, passages: list[Prompt], n_tokens: int, count: int, start: int = 0) -> list[str]:
+    """`count` texts of at least `n_tokens` tokens: consecutive passages joined by blank lines (the
+    stage cuts them at exactly `n_tokens` with --max-tokens). Passages are reused only when the file
+    runs out."""
+    texts, current, i = [], [], start
+    while len(texts) < count:
+        current.append(passages[i % len(passages)].text)
+        i += 1
+        if len(extract.tokenize(model, "\n\n".join(current), 10**9).ids) >= n_tokens:
+            texts.append("\n\n".join(current))
+            current = []
+        if i - start > 50 * len(passages):
+            raise SystemExit(f"bench: the prompt file is too short to make {n_tokens}-token prompts")
+    return texts
+
+
+def child_peak_rss(command: list[str]) -> tuple[int, float]:
+    """(peak RSS bytes, wall s) of a fresh process running `command`; it must succeed."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    error = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    if child.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed:\n{error[-2000:]}")
+    return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
+
+
+def bare_only(args: argparse.Namespace) -> int:
+    """Child process of the sweep: load the model and run the bare forward once over the batches
+    the stage would make of these prompts, so its peak RSS can be compared with the stage's."""
+    prompts, _ = read_prompts(args.bare_only)
+    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
+    model = models.load_model(source, args.device, args.dtype)
+    limit = extract.context_limit(model, ExtractSettings(max_tokens=max(1, args.limit)))
+    tokens = sorted((extract.tokenize(model, p.text, limit) for p in prompts), key=lambda t: len(t.ids))
+    bare_forward(model, [tokens[i : i + args.batch_size] for i in range(0, len(tokens), args.batch_size)])
+    return 0
+
+
+def sweep_length(args: argparse.Namespace, model: Any, source: Any, passages: list[Prompt], n_tokens: int,
+                 work: Path, start: int) -> dict[str, Any]:
+    """One row of the sweep: alternating bare/stage pairs on prompts of exactly `n_tokens` tokens."""
+    count = max(1, args.sweep_tokens // n_tokens)
+    batch_size = min(args.batch_size, count)
+    settings = ExtractSettings(pattern_encoding=args.pattern_encoding, max_tokens=n_tokens)
+    prompts = [Prompt(text, f"sweep:{i}") for i, text in enumerate(sweep_texts(model, passages, n_tokens, count, start))]
+    todo = [(p, prompt_hash(source.model_id, p.text)) for p in prompts]
+    limit = extract.context_limit(model, settings)
+    tokens = sorted((extract.tokenize(model, p.text, limit) for p, _ in todo), key=lambda t: len(t.ids))
+    batches = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
+    bare_forward(model, batches[:1])  # warm-up at this length
+    save_path = work / f"sweep_{n_tokens}"
+    bare, stage = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_forward(model, batches))
+        stage.append(stage_run(model, todo, save_path, settings, batch_size))
+        print(f"bench: {n_tokens} tokens: bare {bare[-1][0]:.2f} s (CPU {bare[-1][1]:.2f}), stage {stage[-1][0]:.2f} s "
+              f"(CPU {stage[-1][1]:.2f})", file=sys.stderr)
+    rows = [r for r in index.read_rows(save_path) if r["kind"] == "cache" and r["status"] == "ok"]
+    per_prompt = sum(r["bytes"] for r in rows) / len(rows)
+    result = {
+        "n_tokens": n_tokens, "prompts": count, "batch_size": batch_size,
+        "bare_runs_s": [w for w, _ in bare], "stage_runs_s": [w for w, _ in stage],
+        "bare_cpu_runs_s": [c for _, c in bare], "stage_cpu_runs_s": [c for _, c in stage],
+        "paired_ratio_median": float(np.median([b / s for (b, _), (s, _) in zip(bare, stage)])),
+        "paired_cpu_ratio_median": float(np.median([b / s for (_, b), (_, s) in zip(bare, stage)])),
+        "bytes_per_prompt": per_prompt, "bytes_per_token2": per_prompt / n_tokens**2,
+    }
+    if not args.no_rss:
+        prompts_file = work / f"sweep_{n_tokens}.jsonl"
+        prompts_file.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in prompts), encoding="utf-8")
+        common = ["--model", args.model, "--batch-size", str(batch_size), "--device", args.device, "--dtype", args.dtype]
+        common += ["--random-weights"] if args.random_weights else []
+        result["bare_peak_rss_bytes"], _ = child_peak_rss(
+            [sys.executable, __file__, "--bare-only", str(prompts_file), "--limit", str(n_tokens), *common])
+        result["stage_peak_rss_bytes"], result["stage_process_s"] = child_peak_rss(
+            [sys.executable, "-m", "lens_pipeline.activations", "--prompts", str(prompts_file), "--save-path",
+             str(work / f"rss_{n_tokens}"), "--max-tokens", str(n_tokens), "--pattern-encoding", args.pattern_encoding,
+             "--quiet", *common])
+    return result
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """The length sweep: one table row per length, all in one JSON file."""
+    lengths = [int(n) for n in args.sweep.split(",") if n.strip()]
+    passages, _ = read_prompts(args.prompts)
+    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
+    model = models.load_model(source, args.device, args.dtype)
+    work = Path(tempfile.mkdtemp(prefix="lens_sweep_"))
+    try:
+        rows = [sweep_length(args, model, source, passages, n, work, start=7 * i) for i, n in enumerate(lengths)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = {"model": source.name, "device": model.device, "dtype": model.dtype, "threads": torch.get_num_threads(),
+               "pattern_encoding": args.pattern_encoding, "repeats": args.repeats, "sweep": rows, "targets": TARGETS}
+    print_sweep(results)
+    Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def print_sweep(results: dict[str, Any]) -> None:
+    gib = 2**30
+    lines = [f"length sweep: {results['model']} on {results['device']} ({results['dtype']}, {results['threads']} threads), "
+             f"encoding {results['pattern_encoding']}, {results['repeats']} bare/stage pair(s) per length",
+             f"{'tokens':>7}{'prompts':>8}{'batch':>6}{'bare s':>8}{'stage s':>8}{'stage/bare':>11}{'CPU':>7}"
+             f"{'kB/prompt':>11}{'B/token²':>9}{'RSS bare':>10}{'RSS stage':>10}"]
+    for r in results["sweep"]:
+        rss = (f"{r['bare_peak_rss_bytes'] / gib:9.2f}G{r['stage_peak_rss_bytes'] / gib:9.2f}G"
+               if "stage_peak_rss_bytes" in r else f"{'-':>10}{'-':>10}")
+        lines.append(f"{r['n_tokens']:7d}{r['prompts']:8d}{r['batch_size']:6d}{min(r['bare_runs_s']):8.2f}"
+                     f"{min(r['stage_runs_s']):8.2f}{100 * r['paired_ratio_median']:10.1f}%"
+                     f"{100 * r['paired_cpu_ratio_median']:6.1f}%{r['bytes_per_prompt'] / 1e3:11.1f}"
+                     f"{r['bytes_per_token2']:9.2f}{rss}")
+    lines.append(f"stage/bare: median over pairs of bare wall / stage wall (CPU: of CPU seconds); "
+                 f"target >= {100 * TARGETS['throughput_ratio']:.0f}% at every length")
+    print("\n".join(lines))
+
+
 def print_table(results: dict[str, Any]) -> None:
     s, c = results["speed"], results["cache"]
     lines = [
@@ -271,6 +407,10 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.bare_only:
+        return bare_only(args)
+    if args.sweep:
+        return run_sweep(args)
     prompts, _ = read_prompts(args.prompts)
     prompts = prompts[: args.limit]
     source = resolve_random(args.model) if args.random_weights else resolve(args.model)

@@ -56,3 +56,23 @@ def test_npz_size_arithmetic_matches_np_savez() -> None:
         buffer = io.BytesIO()
         np.savez(buffer, patterns=np.zeros((shape[0], shape[1], shape[2], shape[2]), np.float32))
         assert bench.npz_float32_bytes(*shape) == len(buffer.getvalue())
+
+
+def test_length_sweep_prints_a_row_per_length_with_memory_from_fresh_processes(tmp_path: Path) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS])
+    out = tmp_path / "sweep.json"
+    done = subprocess.run(
+        python_cmd("scripts/bench.py", "--model", "tiny-llama", "--random-weights", "--prompts", str(prompts),
+                   "--sweep", "24", "--sweep-tokens", "48", "--batch-size", "2", "--repeats", "1", "--json", str(out)),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "length sweep" in done.stdout and "B/token²" in done.stdout
+    results = json.loads(out.read_text())
+    (row,) = results["sweep"]
+    # Joined passages cut at exactly 24 tokens: two prompts, one batch.
+    assert row["n_tokens"] == 24 and row["prompts"] == 2 and row["batch_size"] == 2
+    assert row["bytes_per_token2"] == pytest.approx(row["bytes_per_prompt"] / 24**2)
+    assert 0 < row["paired_ratio_median"] and 0 < row["paired_cpu_ratio_median"]
+    assert row["bare_peak_rss_bytes"] > 100 * 2**20 and row["stage_peak_rss_bytes"] > 100 * 2**20
+
