@@ -33,14 +33,15 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def chromium(width: int, height: int, profile: str, log_network: bool = False) -> webdriver.Chrome:
-    """Headless system Chromium; `log_network` records requests and console messages (the tests read them)."""
+def chromium(width: int, height: int, profile: str, log_network: bool = False, flags: tuple[str, ...] = ()) -> webdriver.Chrome:
+    """Headless system Chromium; `log_network` records requests and console messages (the tests read them);
+    `flags`: more command-line switches (e.g. --enable-unsafe-swiftshader: software WebGL for 3-D figures)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
                  "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                 "--force-device-scale-factor=1"):
+                 "--force-device-scale-factor=1", *flags):
         options.add_argument(flag)
     if log_network:
         options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="hash parameters for the grid screenshot (default: %(default)s)")
     parser.add_argument("--views", default="grid,head,widget",
                         help="which views: grid, head, widget (show.head in a notebook), tokens, prompts, knit, overview, "
-                        "predictions, figure (the first figure that is not drawn and current: stale, failed or skipped) "
+                        "predictions, why (a cache made with --logit-attribution), "
+                        "figure (the first figure that is not drawn and current: stale, failed or skipped) "
                         "(default: %(default)s)")
     args = parser.parse_args(argv)
     layer, head = (int(x) for x in args.head.split(","))
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = server.api.handle("/api/figures", "status=all&limit=500")["rows"]
     knit = next((r for r in figures if r["view"] == "knitting" and r["status"] == "ok"), None)
     odd = next((r for r in figures if r["status"] != "ok"), None)
+    explained = next((r for r in caches if (r.get("params") or {}).get("logit_attribution")), None)
     written = []
     with tempfile.TemporaryDirectory() as profile:
         driver = chromium(1400, 1000, profile)
@@ -191,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 elif view in ("overview", "predictions"):
                     driver.get(f"{server.url}#view={view}&{cache}")
                     _ready(driver, ".overview-cell canvas" if view == "overview" else "td.pred")
+                elif view == "why" and explained:
+                    driver.set_window_size(1400, 1500)
+                    where = f"model={explained['model']}&prompt={explained['prompt_hash']}"
+                    driver.get(f"{server.url}#view=why&{where}&position={max(0, (explained.get('n_tokens') or 2) - 4)}")
+                    _ready(driver, ".why-grid")
                 elif view == "tokens":
                     driver.get(f"{server.url}#view=tokens&{cache}&value=resid_norm&layer={layer}")
                     _ready(driver, ".tv")

@@ -21,7 +21,12 @@ BLANK = "␣"  # a space of a whitespace-only token in running text
 EMPTY = "∅"  # a token with no characters
 
 ATTENTION = {"cmap": colormap.ATTENTION_CMAP, "vmin": 0.0, "vmax": 1.0, "label": "attention weight"}
-SCALES = {"linear": "linear", "sqrt": "square root (shows small weights)"}  # attention colour scales
+ATTRIBUTION_METHODS = {  # input-attribution cache arrays -> how figures and the viewer name them
+    "attr_ig": "integrated gradients",
+    "attr_grad_x_input": "gradient × input",
+    "attr_grad_norm": "gradient L2 norm",
+}
+SCALES = colormap.SCALES  # attention colour scales, the figures' own (the viewer lists linear first: exact weights)
 
 # Figure rows as the viewer shows them; "shown" is every status but skipped.
 FIGURE_STATUSES = {
@@ -37,11 +42,20 @@ SETTING_LABELS = {  # cache settings (ExtractSettings), in the order they are sh
     "pattern_encoding": "encoding",
     "top_k": "top-k",
     "n_neurons": "neurons per layer",
+    "neuron_basis": "neuron basis",
     "logit_lens": "logit lens",
     "hooks": "hooks",
     "max_tokens": "max tokens",
     "dtype": "dtype",
+    "attribution": "attribution",
+    "ig_steps": "IG steps",
+    "ig_baseline": "IG baseline",
+    "ig_rule": "IG rule",
+    "logit_attribution": "logit attribution",
+    "lens_trajectory": "lens trajectory",
+    "lens_resid_mid": "lens after attention",
 }
+IG_SETTINGS = ("ig_steps", "ig_baseline", "ig_rule")  # shown only when integrated gradients were computed
 
 
 def _breaks_shown(token: Any) -> str:
@@ -70,7 +84,7 @@ def settings_summary(settings: dict[str, Any] | None, resolved: dict[str, Any] |
     settings, resolved = settings or {}, resolved or {}
     pairs = []
     for name in [*SETTING_LABELS, *sorted(set(settings) - set(SETTING_LABELS))]:
-        if name not in settings:
+        if name not in settings or name in IG_SETTINGS and "ig" not in (settings.get("attribution") or ()):
             continue
         value = settings[name]
         if name == "pattern_encoding" and value in PATTERN_MAX_ERROR:
@@ -78,6 +92,8 @@ def settings_summary(settings: dict[str, Any] | None, resolved: dict[str, Any] |
             text = f"{value} ({f'max error {error:.1e}' if error else 'exact'})"
         elif isinstance(value, bool):
             text = "on" if value else "off"
+        elif name == "neuron_ids":  # a shared basis: hundreds of ids, listed in caches/<model>/neuron_basis.json
+            text = f"{sum(len(row) for row in value)} shared over {len(value)} layers"
         elif isinstance(value, (list, tuple)):
             text = ", ".join(map(str, value)) or "none"
         else:
@@ -98,6 +114,8 @@ def facts() -> dict[str, Any]:
         "masked": list(bytes.fromhex(colormap.MASKED_COLOR[1:])),  # [r, g, b]: no value (future keys)
         "attention": ATTENTION,
         "scales": [[name, label] for name, label in SCALES.items()],
+        # per scale, [257] weights where colour index i starts (colormap.scale_index_edges): the page bins by them
+        "scale_edges": {name: colormap.scale_index_edges(name) for name in SCALES},
         "value_kinds": [kind.facts() for kind in VALUE_KINDS.values()],
         "figure_statuses": [[name, label] for name, label in FIGURE_STATUSES.items()],
     }

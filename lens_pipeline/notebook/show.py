@@ -6,6 +6,7 @@
     show.overview(cache)                     # layers × heads; click a head to open it
     show.tokens(cache, kind="resid_norm", layer=12)   # kinds: lens_pipeline.draw.token_values.VALUE_KINDS
     show.predictions(cache)                  # next-token predictions at each position
+    show.why(cache, position=12)             # why the token after position 12: attribution, heads, lens
 
 `cache` is a `lens_pipeline.store.cache.Cache` or a cache file's path. Each call returns a `LensView`
 (an anywidget widget) drawn by the viewer's own ES modules (lens_pipeline/viewer/static, made one module
@@ -150,3 +151,17 @@ def predictions(cache: Cache | str | os.PathLike[str]) -> LensView:
     if missing:
         raise ValueError(f"no next-token predictions in {cache.path.name}: {'; '.join(missing)}")
     return LensView(cache, "predictions", [("predictions", {})])
+
+
+def why(cache: Cache | str | os.PathLike[str], position: int | None = None) -> LensView:
+    """Why the model predicted the token after `position` (default: the last explained position):
+    the input attribution over its context, the heads and MLPs that wrote the target's logit (click
+    a head to open it) and the lens trajectory there; click another token to explain it (caches
+    made with --attribution, --logit-attribution or --lens-trajectory)."""
+    cache = _open(cache)
+    if not cache.has("target_positions") and not cache.has("lens_actual_probs"):
+        raise ValueError(f"{cache.path.name} explains no prediction: make it with --attribution, --logit-attribution "
+                         "or --lens-trajectory")
+    if position is not None and not 0 <= position < cache.n_tokens:
+        raise ValueError(f"position {position} is out of range: the prompt has tokens 0..{cache.n_tokens - 1}")
+    return LensView(cache, "why", [("why", {"position": position} if position is not None else {})], position=position)

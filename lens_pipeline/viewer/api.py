@@ -15,6 +15,8 @@ GET only; every answer is JSON; bad parameters give a 4xx with {"error": message
   /api/tokens?model&prompt[&settings]&value&layer&neuron&range
                                        one value per token with its colour (token_values.VALUE_KINDS)
   /api/predictions?model&prompt[&settings]   the top-k next tokens at each position, coloured
+  /api/why?model&prompt[&settings]&position  why the model predicted the token after `position`: input
+                                       attribution, logit attribution per head and MLP, lens trajectory
 A cache is the current one of (model, prompt) unless `settings` names another settings id.
 CacheApi answers the display facts and the cache endpoints for one open Cache (a notebook widget).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from lens_pipeline.corpus.api import corpus_routes
 from lens_pipeline.draw import display
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.browse import Browse
@@ -43,6 +46,7 @@ def cache_routes(reader: CacheReader) -> Routes:
         "/api/pattern": (reader.pattern, (*CACHE, "layer", "head")),
         "/api/tokens": (reader.token_values, (*CACHE, "value", "layer", "neuron", "range")),
         "/api/predictions": (reader.predictions, CACHE),
+        "/api/why": (reader.why, (*CACHE, "position")),
     }
 
 
@@ -72,6 +76,7 @@ class ViewerApi(Api):
             "/api/prompts": (browse.prompts, ("model", "q", "offset", "limit")),
             "/api/figure": (browse.figure, ("model", "prompt", "function", "layer", "head")),
             "/api/compare": (browse.compare, ("across", "model", "prompt", "function", "layer", "head")),
+            **corpus_routes(self.root),  # neuron dashboards and prompt comparisons (lens_pipeline/corpus/api.py)
         }
 
 

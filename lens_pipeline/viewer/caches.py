@@ -19,6 +19,7 @@ from lens_pipeline.store.cache import Cache, CacheError
 from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.params import ApiError, Params, resolve_inside
 from lens_pipeline.viewer.rows import cache_settings
+from lens_pipeline.viewer.why import why
 
 
 class CachePool:
@@ -257,3 +258,7 @@ class CacheReader:
 
     def predictions(self, params: Params) -> dict[str, Any]:
         return self.source.read(params, lambda cache, row, view: predictions(cache, row))
+
+    def why(self, params: Params) -> dict[str, Any]:
+        position = params.integer("position")
+        return self.source.read(params, lambda cache, row, view: why(cache, row, position))

@@ -58,7 +58,8 @@ def file_roles(view: str, files: list[dict[str, Any]]) -> dict[str, dict[str, An
         chart = first(KNITTING_PARTS["chart"])
         return {"image": chart, "main": chart, "pattern": first(KNITTING_PARTS["pattern"])}
     image = next((f for f in files if default_view((f["format"],)) == "image"), None)
-    main = image if view == "image" else next((f for f in files if default_view((f["format"],)) == view), None)
+    shown_as = "html" if view == "interactive" else view  # an interactive figure is an HTML page that runs scripts
+    main = image if view == "image" else next((f for f in files if default_view((f["format"],)) == shown_as), None)
     return {"image": image, "main": main, "pattern": None}
 
 
@@ -85,9 +86,10 @@ def public_row(row: dict[str, Any], view: IndexView, full: bool = False) -> dict
 
 def cache_settings(row: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """How a cache was made: its settings id, the settings (from its meta when open), and them as
-    [label, value] pairs."""
+    [label, value] pairs; `explains`: it holds an explanation of a prediction (the `why` view)."""
     params = (meta or {}).get("settings") or row.get("params") or {}
-    return {"settings_id": row.get("settings_id", ""), "settings": params,
+    explains = bool(params.get("attribution") or params.get("logit_attribution") or params.get("lens_trajectory"))
+    return {"settings_id": row.get("settings_id", ""), "settings": params, "explains": explains,
             "settings_text": display.settings_summary(params, meta), "created": row.get("created", "")}
 
 

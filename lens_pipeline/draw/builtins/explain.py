@@ -20,11 +20,7 @@ from lens_pipeline.draw.builtins.plotting import _font_charmap
 from lens_pipeline.draw.registry import SkipFigure, register_figure
 from lens_pipeline.store.cache import Cache
 
-METHODS = {  # array -> how titles name it
-    "attr_ig": "integrated gradients",
-    "attr_grad_x_input": "gradient × input",
-    "attr_grad_norm": "gradient L2 norm",
-}
+METHODS = display.ATTRIBUTION_METHODS  # array -> how titles name it
 SIGNED_CMAP = colormap.SIGNED_CMAP  # attributions and logit parts: red adds to f, blue takes away
 POSITIVE, NEGATIVE = (196, 58, 50), (49, 99, 168)
 INK, MUTED, PAPER, FRAME = (30, 30, 30), (120, 120, 120), (255, 255, 255), (0, 0, 0)

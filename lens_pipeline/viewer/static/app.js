@@ -14,10 +14,11 @@ import { overview } from "./overview.js";
 import { predictions } from "./predictions.js";
 import { prompts } from "./prompts.js";
 import { tokens } from "./tokens.js";
+import { why } from "./why.js";
 import { byId, el, errorBox, hideTooltip, listen, readHash, setRoot, showBanner, useNavigator } from "./util.js";
 
 const POLL_MS = 5000;
-export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions };
+export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions, why };
 
 // Show the view the state names in `root`'s #main. `root`: this document, or a widget's shadow
 // root; `source`: where answers come from (data.js); `navigator`: where the view state lives

@@ -20,7 +20,9 @@ export async function predictions(main, params) {
   const { info, settings } = await openCache(p);
   const data = await api("predictions", { model: info.model, prompt: info.prompt_hash, settings });
   const rows = range(data.shown_tokens.length).map((i) => el("tr", { dataset: { position: i } },
-    el("th", { class: "muted", scope: "row", text: String(i) }),
+    el("th", { class: "muted", scope: "row" }, info.explains ?
+      el("a", { href: hashFor({ view: "why", model: info.model, prompt: info.prompt_hash, settings, position: i }), title: "why this prediction",
+                text: String(i) }) : String(i)),
     el("td", {}, el("code", { class: "tok", text: data.shown_tokens[i] })),
     el("td", {}, data.shown_next[i] === null ? el("span", { class: "muted", text: "(end)" }) :
       el("code", { class: "tok", text: data.shown_next[i] }),
@@ -33,7 +35,9 @@ export async function predictions(main, params) {
     settingsLine(info),
     el("div", { class: "actions" },
       el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: info.model, prompt: info.prompt_hash, settings, value: "top1_prob" }),
-                text: "Tokens coloured by top-1 probability" })),
+                text: "Tokens coloured by top-1 probability" }),
+      info.explains ? el("a", { class: "button secondary", href: hashFor({ view: "why", model: info.model, prompt: info.prompt_hash, settings }),
+                                text: "Why this token" }) : null),
     el("div", { class: "legend" }, el("span", { class: "legend-title", text: "probability" }),
       el("span", { class: "muted", text: formatValue(data.vmin) }), legendBar(data.cmap), el("span", { class: "muted", text: formatValue(data.vmax) }),
       el("span", { class: "pred hit legend-hit", text: "the token that came next" })),

@@ -18,6 +18,8 @@ function promptCard(row) {
         el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash }), text: "Token values" }),
         el("a", { class: "button secondary", href: hashFor({ view: "overview", model: row.model, prompt: row.prompt_hash }), text: "Layers × heads" }),
         el("a", { class: "button secondary", href: hashFor({ view: "predictions", model: row.model, prompt: row.prompt_hash }), text: "Predictions" }),
+        row.explains ? el("a", { class: "button secondary", href: hashFor({ view: "why", model: row.model, prompt: row.prompt_hash }),
+                                 text: "Why this token" }) : null,
         el("a", { class: "button secondary", href: hashFor({ view: "grid", model: row.model, prompt: row.prompt_hash }), text: "Figures" }))]);
 }
 
