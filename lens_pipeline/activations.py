@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lens_pipeline.capture.models import DEFAULT_MODEL, ModelLoadError, ModelSource, slug
 from lens_pipeline.capture.prompts import Prompt, PromptFileError, read_prompts, target_request
+from lens_pipeline.corpus.basis import NeuronSpecError, resolve_basis
 from lens_pipeline.distributed import DistributedError
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import (
@@ -82,6 +83,10 @@ class ActivationsSettings:
         extract = {k: v for k, v in options.items() if k in extract_fields}
         if "hooks" in extract:
             extract["hooks"] = tuple(extract["hooks"])
+        if isinstance(extract.get("neuron_ids"), (str, dict)):  # "3:1,5;7:2" or {3: [1, 5]}: a user's basis
+            from lens_pipeline.corpus.basis import given_rows
+
+            extract.update(given_rows(extract["neuron_ids"]))
         return cls(extract=ExtractSettings(**extract), **{k: v for k, v in options.items() if k in stage_fields})
 
 
@@ -181,6 +186,7 @@ def run_activations(
     """Run the stage from Python; returns counts. `settings`, or its fields as keywords (batch_size=4,
     logit_lens=True, ...; see ActivationsSettings and ExtractSettings). Raises ModelLoadError,
     PromptFileError, SavePathError."""
+    from lens_pipeline.capture import model_card
     from lens_pipeline.capture import models as model_sources
 
     settings = settings or ActivationsSettings.build(**options)
@@ -205,19 +211,27 @@ def run_activations(
 
     newest = index.latest(index.read_rows(save_path))
     for source in sources:
-        pending = find_pending(source, good, save_path, settings, newest)
+        extract, model = resolve_basis(source, slug(source.name), list(dict.fromkeys(p.text for p in good)), save_path,
+                                       settings.extract, device=settings.device, batch_size=settings.batch_size,
+                                       force=settings.force, log=log)
+        chosen = dataclasses.replace(settings, extract=extract)  # this model's basis filled in (corpus/basis.py)
+        pending = find_pending(source, good, save_path, chosen, newest)
         for path in pending.corrupt:
             log(f"warning: {save_path / path} does not match its recorded sha256 (corrupt or changed); recomputing")
         index.append_rows(save_path, pending.reselect)
         summary.skipped += pending.cached
         if pending.todo:
             model_sources.check_available(source)  # before anything heavy: an unreachable hub fails fast
-            written, failed = _run_model(source, pending.todo, save_path, settings, log)
+            written, failed = _run_model(source, pending.todo, save_path, chosen, log, model)
             summary.models_loaded.append(source.name)
             summary.written += written
             summary.failed += failed
         else:
             log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
+            if not model_card.is_current(save_path, source, newest):  # a save path from before model cards
+                model_card.ensure(model or model_sources.load_model(source, settings.device, settings.extract.dtype),
+                                  save_path, functools.partial(index.append_rows, save_path), log)
+                summary.models_loaded.append(source.name)
         if settings.prune:
             summary.pruned += prune_caches(source, save_path, log)
     summary.seconds = time.perf_counter() - started
@@ -226,15 +240,24 @@ def run_activations(
 
 def _run_model(
     source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
+    model: Any = None,
 ) -> tuple[int, int]:
+    from lens_pipeline.capture import explain, model_card
     from lens_pipeline.capture import models as model_sources
 
     if settings.ray:
-        return _run_model_on_ray(source, todo, save_path, settings, log)
+        counts = _run_model_on_ray(source, todo, save_path, settings, log)
+        if not model_card.is_current(save_path, source):  # the workers' models are gone: the card is made here
+            model_card.ensure(model or model_sources.load_model(source, "cpu", explain.model_dtype(settings.extract)),
+                              save_path, functools.partial(index.append_rows, save_path), log)
+        return counts
     log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
-    model = model_sources.load_model(source, settings.device, settings.extract.dtype)
-    return run_prompts(model, todo, save_path, settings.extract, batch_size=settings.batch_size,
-                       progress=settings.progress, log=log)
+    model = model or model_sources.load_model(source, settings.device, explain.model_dtype(settings.extract))
+    model_card.load_basis(save_path, source)  # --embedding-views projects on the saved card's basis when there is one
+    counts = run_prompts(model, todo, save_path, settings.extract, batch_size=settings.batch_size,
+                         progress=settings.progress, log=log)
+    model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)  # after the caches: they come first
+    return counts
 
 
 def prune_caches(source: ModelSource, save_path: Path, log: Callable[[str], None]) -> list[str]:
@@ -372,6 +395,7 @@ def run_prompts(
                 bar.update(len(batch))
                 continue
             writer.submit((compress, job) for job in zip(batch, results))
+            del results  # the batch's encoded patterns, compressed now: not held through the next forward
             bar.update(len(batch))
         writer.drain(0)
     except KeyboardInterrupt:
@@ -441,13 +465,14 @@ def _run_model_on_ray(
     Workers write cache files; only this process appends index rows, each shard's exactly once
     even when a killed worker's shard is retried."""
     from lens_pipeline import distributed
+    from lens_pipeline.capture import explain
     from lens_pipeline.capture import models as model_sources
 
     # Shards of similar lengths (characters ~ tokens), so each worker's batches pad little.
     shards = distributed.chunks(sorted(todo, key=lambda item: len(item[0].text)), 4 * settings.batch_size)
     # Ray gives each GPU worker one device, which it sees as "cuda".
     device = "cuda" if settings.device.startswith("cuda") else settings.device
-    setup = functools.partial(model_sources.load_model, source, device, settings.extract.dtype)
+    setup = functools.partial(model_sources.load_model, source, device, explain.model_dtype(settings.extract))
     work = functools.partial(_run_shard, save_path=save_path, settings=settings)
     log(f"{source.name}: {len(todo)} prompt(s) to run in {len(shards)} shard(s) on Ray ...")
     written = failed = 0
@@ -540,9 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how attention weights are stored, with the worst absolute error per weight: q12 "
                         "(default, 12-bit fixed point, 1.2e-4), q16 (7.7e-6), q8 (2.0e-3), float16 (2.4e-4), float32 (exact)")
     parser.add_argument("--top-k", type=int, default=10, help="next-token predictions kept per position (default: %(default)s)")
-    parser.add_argument("--neurons", type=int, default=32,
-                        help="MLP neurons kept per layer: those with the largest activation variance over the prompt "
-                        "(default: %(default)s; 0 = none)")
+    parser.add_argument("--neurons", default="32",
+                        help="MLP neurons kept per layer (default: %(default)s; 0 = none): a count, chosen as "
+                        "--neuron-basis says, or exactly these neurons for every prompt: 'L:i,j;L:k,...'")
+    parser.add_argument("--neurons-file", default=None, metavar="FILE",
+                        help="exactly these neurons for every prompt: 'L:i,j,...' per line or ';'-separated")
+    parser.add_argument("--neuron-basis", default="prompt", choices=["prompt", "variance", "max"],
+                        help="prompt (default): per prompt, the N with the largest variance over it; variance or max: "
+                        "one basis for every prompt of the model, the top N per layer over the whole prompt set, "
+                        "from a first pass, recorded in caches/<model>/neuron_basis.json and kept by later runs")
     parser.add_argument("--hooks", default="", help="extra TransformerLens hook names to store, comma-separated "
                         "(e.g. blocks.3.hook_resid_mid); stored as float16 with padding removed")
     parser.add_argument("--logit-lens", action="store_true",
@@ -567,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "next token's probability and rank, entropy, KL to the final distribution; and per-token loss")
     parser.add_argument("--lens-resid-mid", action="store_true",
                         help="the lens trajectory after each attention block too (implies --lens-trajectory)")
+    parser.add_argument("--embedding-views", action="store_true",
+                        help="also store each layer's residual stream projected on the model card's shared basis and "
+                        "each token's nearest neighbours in the input embeddings (for the embedding figures)")
     parser.add_argument("--max-tokens", type=int, default=1024,
                         help="truncate prompts to this many tokens (and the model context); recorded as a warning")
     parser.add_argument("--random-weights", action="store_true",
@@ -600,18 +634,35 @@ def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
     """The parsed command line as the stage's one settings object."""
     return ActivationsSettings(
         extract=ExtractSettings(
-            pattern_encoding=args.pattern_encoding, top_k=args.top_k, n_neurons=args.neurons,
+            pattern_encoding=args.pattern_encoding, top_k=args.top_k, **neuron_options(args),
             hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()),
             logit_lens=args.logit_lens or args.lens_trajectory or args.lens_resid_mid,
             max_tokens=args.max_tokens, dtype=args.dtype,
             attribution="grad_x_input,grad_norm,ig" if args.attribution.strip() == "all" else args.attribution,
             ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
             logit_attribution=args.logit_attribution, lens_trajectory=args.lens_trajectory or args.lens_resid_mid,
-            lens_resid_mid=args.lens_resid_mid,
+            lens_resid_mid=args.lens_resid_mid, embedding_views=args.embedding_views,
         ),
         batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
         force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,
     )
+
+
+def neuron_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--neurons N, --neurons 'L:i,j;...', --neurons-file and --neuron-basis as ExtractSettings fields."""
+    from lens_pipeline.corpus.basis import NeuronSpecError, given_rows
+
+    if args.neurons_file:
+        try:
+            return given_rows(Path(args.neurons_file).read_text(), where=args.neurons_file)
+        except OSError as error:
+            raise NeuronSpecError(f"--neurons-file: cannot read {args.neurons_file} ({error.strerror or error})") from None
+    if ":" in args.neurons:
+        return given_rows(args.neurons)
+    try:
+        return {"n_neurons": int(args.neurons), "neuron_basis": args.neuron_basis if int(args.neurons) > 0 else "prompt"}
+    except ValueError:
+        raise NeuronSpecError(f"--neurons: {args.neurons!r} is neither a count nor 'L:i,j;...'") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -622,7 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         summary = run_activations(args.model, args.prompts, args.save_path, settings_from_args(args))
-    except (ModelLoadError, PromptFileError, DistributedError, SavePathError, index.IndexWriteError) as error:
+    except (ModelLoadError, PromptFileError, DistributedError, SavePathError, index.IndexWriteError,
+            NeuronSpecError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, OSError) else 2
     except KeyboardInterrupt:

@@ -6,13 +6,14 @@ array is cut to the prompt's real length, so no pad row or column is ever stored
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from lens_pipeline.capture import explain
+from lens_pipeline.capture import explain, model_card
 from lens_pipeline.capture.models import LoadedModel
 from lens_pipeline.store.cache import (
     BYTE_PLANE_ENCODINGS,
@@ -80,20 +81,81 @@ def _cut_hook(value: torch.Tensor, index: int, length: int, padded: int) -> torc
     return value
 
 
-def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool) -> torch.Tensor:
+ENCODE_STEP_VALUES = 1 << 20  # values per step of the CPU encoder: its buffers stay in the last-level cache
+_TRIANGLE_INDEX: dict[tuple[int, str], torch.Tensor] = {}  # the last lengths' flat lower-triangle positions
+
+
+def triangle_index(n: int, device: torch.device) -> torch.Tensor:
+    """Flat positions (row * n + col) of the lower triangle of an n x n matrix, row by row; kept for
+    the next layers of the batch (building it cost as much as the gather)."""
+    key = (n, str(device))
+    if key not in _TRIANGLE_INDEX:
+        if len(_TRIANGLE_INDEX) >= 2:  # batches of other lengths follow: keep memory bounded
+            _TRIANGLE_INDEX.clear()
+        rows, cols = torch.tril_indices(n, n, device=device)
+        _TRIANGLE_INDEX[key] = rows * n + cols
+    return _TRIANGLE_INDEX[key]
+
+
+def _encode_fixed_point_steps(square: torch.Tensor, index: torch.Tensor | None, encoding: str,
+                              step_values: int) -> torch.Tensor:
+    """CPU fixed-point encoding of square [M, S] float32 (S = T*T), the positions `index` (None: all),
+    a slice of positions at a time: gather, scale, round and split stay in cache instead of
+    streaming the whole layer through memory once per operation. The same float32 operations, in
+    the same order, as the one-pass path: bit-identical. Returns [M, 2, N] byte planes or [M, N] uint8."""
+    m = square.shape[0]
+    n_out = index.numel() if index is not None else square.shape[1]
+    levels = FIXED_POINT_LEVELS[encoding]
+    planes = encoding in BYTE_PLANE_ENCODINGS
+    out = square.new_empty((m, 2, n_out) if planes else (m, n_out), dtype=torch.uint8)
+    step = max(1, min(step_values // max(1, m), n_out))
+    floats = square.new_empty(m * step)
+    ints = square.new_empty(m * step, dtype=torch.int16 if levels < 2**15 else torch.int32) if planes else None
+    for start in range(0, n_out, step):
+        width = min(step, n_out - start)
+        scaled = floats[: m * width].view(m, width)
+        if index is not None:
+            torch.gather(square, 1, index[start : start + width].expand(m, -1), out=scaled)
+        else:
+            scaled.copy_(square[:, start : start + width])
+        scaled.mul_(levels).add_(0.5)
+        if not planes:
+            out[:, start : start + width].copy_(scaled)  # truncated, as .to(torch.uint8)
+            continue
+        values = ints[: m * width].view(m, width)
+        values.copy_(scaled)  # truncated, as .to(torch.int16)
+        out[:, 0, start : start + width].copy_(values)  # integer narrowing keeps the low byte
+        out[:, 1, start : start + width].copy_(values.bitwise_right_shift_(8))
+    return out
+
+
+def encode_patterns(patterns: torch.Tensor, encoding: str, causal: bool,
+                    step_values: int = ENCODE_STEP_VALUES) -> torch.Tensor:
     """Torch twin of `cache.encode_pattern` for [..., T, T] on any device, bit-identical for the
     same float32 values: the lower triangle is gathered and encoded where the patterns are,
-    so only the stored bytes cross to the host (a quarter of float32 n x n for float16)."""
+    so only the stored bytes cross to the host (a quarter of float32 n x n for float16).
+    Fixed-point encodings of float32 on the CPU go `step_values` values at a time."""
     if encoding not in PATTERN_ENCODINGS:
         raise ValueError(f"unknown pattern encoding {encoding!r}; choose from {list(PATTERN_ENCODINGS)}")
+    if encoding in FIXED_POINT_LEVELS and patterns.dtype == torch.float32 and patterns.device.type == "cpu":
+        n, lead = patterns.shape[-1], patterns.shape[:-2]
+        square = patterns.reshape(lead.numel(), n * n)  # sizes, not -1: empty batches reshape too
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # thousands of small steps: a second thread spun at every step's barrier
+        try:
+            encoded = _encode_fixed_point_steps(square, triangle_index(n, patterns.device) if causal else None,
+                                                encoding, step_values)
+        finally:
+            torch.set_num_threads(threads)
+        return encoded.view(*lead, *encoded.shape[1:-1], *((encoded.shape[-1],) if causal else (n, n)))
     fresh = patterns.dtype != torch.float32  # .float() below copies: safe to work in place
     if causal:
         n, lead = patterns.shape[-1], patterns.shape[:-2]
-        rows, cols = torch.tril_indices(n, n, device=patterns.device)
+        index = triangle_index(n, patterns.device)
         # gather with a broadcast index: 2x advanced indexing and 3x index_select on CPU
         square = patterns.reshape(lead.numel(), n * n)  # sizes, not -1: empty batches reshape too
-        triangle = torch.gather(square, 1, (rows * n + cols).expand(square.shape[0], -1))
-        patterns, fresh = triangle.view(*lead, rows.numel()), True
+        triangle = torch.gather(square, 1, index.expand(square.shape[0], -1))
+        patterns, fresh = triangle.view(*lead, index.numel()), True
     values = patterns.float()
     if encoding not in FIXED_POINT_LEVELS:
         return values.to(torch.float16 if encoding == "float16" else torch.float32)
@@ -252,6 +314,21 @@ def top_variance_neurons(post: torch.Tensor, real: torch.Tensor, n: int) -> tupl
     return chosen, torch.gather(post, 2, chosen[:, None, :].expand(-1, post.shape[1], -1)).transpose(1, 2)
 
 
+def shared_neurons(post: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shared basis: the same neurons `ids` [n] (-1: none, kept as zeros) for every prompt; ids [B, n]
+    and activations [B, n, T] as top_variance_neurons returns them."""
+    acts = post[:, :, ids.clamp(min=0)].float().mul_((ids >= 0).to(torch.float32)).transpose(1, 2)
+    return ids.expand(post.shape[0], -1), acts
+
+
+def shared_neuron_ids(settings: ExtractSettings) -> torch.Tensor | None:
+    """The settings' shared basis as a padded [L, n] tensor (-1 pads), or None for per-prompt selection."""
+    if not settings.neuron_ids:
+        return None
+    width = max(1, max(len(row) for row in settings.neuron_ids))
+    return torch.tensor([list(row) + [-1] * (width - len(row)) for row in settings.neuron_ids], dtype=torch.long)
+
+
 @dataclass
 class _Kept:
     """What the hooks keep of each layer during the forward (on the device)."""
@@ -282,6 +359,8 @@ def run_batch(
     # either), which on CPU saved the page faults of ~1 GB of new memory per batch.
     kept = _Kept.empty(bridge.cfg.n_layers)
     hooks = _reducing_hooks(model, settings, kept, real, lengths)
+    views = model_card.EmbeddingViews(model) if settings.embedding_views else None  # --embedding-views
+    hooks += views.hooks() if views else []
     explained: dict[str, Any] = {}
     if explain.explains(settings):  # the same forward, with the explanation hooks (and gradients) added
         logits, explained = explain.forward(model, settings, batch, input_ids, attention_mask, hooks)
@@ -290,6 +369,7 @@ def run_batch(
     if any(value is None for value in kept.patterns + kept.norms + (kept.neurons if settings.n_neurons > 0 else [])):
         raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
     out = _device_outputs(model, settings, kept, logits, explained)
+    out.update(views.outputs(input_ids) if views else {})
     del logits  # device memory back before the host work
     kept.residuals.clear()
     host = to_host(out)
@@ -313,6 +393,8 @@ def _reducing_hooks(
     def norm(residual: torch.Tensor) -> torch.Tensor:
         return residual.float().norm(dim=-1)
 
+    shared = shared_neuron_ids(settings)
+    shared = None if shared is None else shared.to(real.device)
     hooks = [("blocks.0.hook_resid_pre", keep(kept.norms, 0, norm))]
     for layer in range(len(kept.patterns)):
         hooks.append((f"blocks.{layer}.attn.hook_pattern",
@@ -320,7 +402,10 @@ def _reducing_hooks(
         hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.norms, layer + 1, norm)))
         if settings.logit_lens and not explain.lens_on(settings):  # the trajectory's top-5 gives the top-1
             hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.residuals, layer, lambda r: r.detach())))
-        if settings.n_neurons > 0:
+        if shared is not None:
+            hooks.append((f"blocks.{layer}.mlp.hook_post",
+                          keep(kept.neurons, layer, functools.partial(shared_neurons, ids=shared[layer]))))
+        elif settings.n_neurons > 0:
             hooks.append((f"blocks.{layer}.mlp.hook_post",
                           keep(kept.neurons, layer, lambda post: top_variance_neurons(post, real, settings.n_neurons))))
     for name in settings.hooks:
@@ -382,4 +467,6 @@ def _prompt_arrays(
         arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
     if explain.explains(settings):
         arrays.update(explain.prompt_arrays(settings, host, row, length, token_strings, model.bridge.cfg.n_layers))
+    if settings.embedding_views:
+        arrays.update(model_card.prompt_arrays(host, row, length, token_strings))
     return arrays

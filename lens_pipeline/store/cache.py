@@ -86,7 +86,8 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("resid_norms", "float32", "[L+1, T]", "always",
               "residual-stream L2 norm before layer 0 and after every layer"),
     ArraySpec("neuron_ids", "int32", "[L, N]", "n_neurons",
-              "per layer, the N MLP neurons with the largest activation variance over the prompt"),
+              "per layer, the N MLP neurons with the largest activation variance over the prompt, or the model's "
+              "shared basis (`--neuron-basis`, `--neurons L:i,j;...`; -1 pads a layer given fewer)"),
     ArraySpec("neuron_acts", "float16", "[L, N, T]", "n_neurons", "their post-activation values"),
     ArraySpec("logit_lens_ids", "int32", "[L, T]", "logit_lens",
               "each layer's top-1 token through the final norm and unembedding"),
@@ -132,11 +133,20 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("token_logprobs", "float32", "[T]", "lens_trajectory",
               "the model's log-probability of each actual next token (position p: token p + 1; NaN at the last); "
               "minus it is the per-token loss"),
+    # Embedding views (lens_pipeline/capture/model_card.py): figures place them with the model card's arrays.
+    ArraySpec("resid_proj", "float32", "[L+1, T, 3]", "embedding_views",
+              "the residual stream before layer 0 and after every layer, scaled to unit RMS, projected on the "
+              "model's shared residual basis (`model_card.npz` `resid_mean`, `resid_components`)"),
+    ArraySpec("embed_neighbors", "int32", "[T, 5]", "embedding_views",
+              "each token's 5 nearest tokens by cosine similarity of input embeddings (itself left out)"),
+    ArraySpec("embed_neighbor_sims", "float16", "[T, 5]", "embedding_views", "their cosine similarities"),
+    ArraySpec("embed_neighbor_strs", "str", "[T, 5]", "embedding_views", "their strings"),
 )
 SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`", "top_k": "`--top-k`",
                  "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`",
                  "targets": "`--attribution` or `--logit-attribution`", "attribution": "`--attribution`",
-                 "logit_attribution": "`--logit-attribution`", "lens_trajectory": "`--lens-trajectory`"}
+                 "logit_attribution": "`--logit-attribution`", "lens_trajectory": "`--lens-trajectory`",
+                 "embedding_views": "`--embedding-views`"}
 
 
 def arrays_markdown() -> str:
@@ -189,6 +199,11 @@ class ExtractSettings:
     logit_attribution: bool = False  # direct logit attribution to embeddings, heads, MLPs
     lens_trajectory: bool = False  # top-5, actual token's probability and rank, entropy, KL per layer
     lens_resid_mid: bool = False  # the lens trajectory after each attention too
+    # A shared neuron basis (lens_pipeline/corpus/basis.py): "prompt" picks per prompt; "variance" or "max" over the
+    # model's prompt set, or "given" by the user; `neuron_ids` then holds the chosen ids per layer (-1 pads).
+    neuron_basis: str = "prompt"
+    neuron_ids: tuple[tuple[int, ...], ...] = ()
+    embedding_views: bool = False  # residuals on the model card's basis, embedding nearest neighbours
 
     def __post_init__(self) -> None:
         # Lists (JSON, keywords) and "a,b" strings become tuples, so recorded settings compare equal.
@@ -197,6 +212,8 @@ class ExtractSettings:
             if not isinstance(value, tuple):
                 parts = value.split(",") if isinstance(value, str) else value
                 object.__setattr__(self, name, tuple(p.strip() for p in parts if p.strip()))
+        if not (isinstance(self.neuron_ids, tuple) and all(isinstance(row, tuple) for row in self.neuron_ids)):
+            object.__setattr__(self, "neuron_ids", tuple(tuple(int(i) for i in row) for row in self.neuron_ids))
 
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self) | {"hooks": list(self.hooks), "attribution": list(self.attribution)}
@@ -204,6 +221,12 @@ class ExtractSettings:
         # Explanation settings all at their defaults are left out: caches made before they existed keep their settings_id.
         if all(values[name] == defaults[name] for name in EXPLAIN_FIELDS):
             values = {k: v for k, v in values.items() if k not in EXPLAIN_FIELDS}
+        if self.neuron_basis == "prompt" and not self.neuron_ids:  # likewise for a per-prompt neuron choice
+            values = {k: v for k, v in values.items() if k not in NEURON_BASIS_FIELDS}
+        else:
+            values["neuron_ids"] = [list(row) for row in self.neuron_ids]
+        if not self.embedding_views:  # off: caches made before it existed keep their settings_id
+            values.pop("embedding_views")
         return values
 
     @property
@@ -218,13 +241,15 @@ class ExtractSettings:
             other = ExtractSettings(**{**recorded, "hooks": tuple(recorded.get("hooks", ()))})
         except TypeError:  # settings of an older version, with fields this one does not know
             return False
-        extras_ok = dataclasses.replace(other, hooks=self.hooks, logit_lens=self.logit_lens)
+        extras_ok = dataclasses.replace(other, hooks=self.hooks, logit_lens=self.logit_lens,
+                                        embedding_views=self.embedding_views)
         return (extras_ok == self and set(self.hooks) <= set(other.hooks)
-                and (other.logit_lens or not self.logit_lens))
+                and (other.logit_lens or not self.logit_lens) and (other.embedding_views or not self.embedding_views))
 
 
 EXPLAIN_FIELDS = ("attribution", "ig_steps", "ig_baseline", "ig_rule", "logit_attribution", "lens_trajectory",
                   "lens_resid_mid")
+NEURON_BASIS_FIELDS = ("neuron_basis", "neuron_ids")
 _DEFAULT_VALUES = {f.name: f.default for f in dataclasses.fields(ExtractSettings)} | {"attribution": []}
 
 

@@ -2,9 +2,14 @@
 with the same decorator a user's own figure functions use."""
 
 from lens_pipeline.draw.builtins import (  # noqa: F401
+    architecture,
+    architecture3d,
     attention,
     attention_stats,
+    corpus,
+    embedding,
     explain,
+    interactive,
     knitting,
     predictions,
     projection,
