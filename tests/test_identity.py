@@ -205,7 +205,7 @@ def test_a_figure_folder_holds_exactly_its_latest_files(run_copy: tuple[Path, Pa
     assert (folder / "ayab.png").exists()
     # 120 stitches is over the KH-270's 112 needles: the AYAB export is refused this time.
     big = run_figures(save, figures=["knitting_pattern"], prompts=[prompt], progress=False,
-                      params={"knitting_pattern": {"width": 120, "ayab_machine": "KH-270"}})
+                      params={"knitting_pattern": {"width": 120, "ayab_machine": "KH-270", "blocks": "fill"}})
     row = big.rows[0]
     assert row["status"] == "ok" and "ayab.png" not in {Path(f["path"]).name for f in row["files"]}
     on_disk = {p.relative_to(save).as_posix() for p in folder.iterdir()}

@@ -10,7 +10,10 @@ import { figure } from "./figure.js";
 import { grid } from "./grid.js";
 import { head } from "./head.js";
 import { knit } from "./knit.js";
+import { neurons } from "./neurons.js";
 import { overview } from "./overview.js";
+import { pca } from "./pca.js";
+import { phrasings } from "./phrasings.js";
 import { predictions } from "./predictions.js";
 import { prompts } from "./prompts.js";
 import { tokens } from "./tokens.js";
@@ -18,7 +21,7 @@ import { why } from "./why.js";
 import { byId, el, errorBox, hideTooltip, listen, readHash, setRoot, showBanner, useNavigator } from "./util.js";
 
 const POLL_MS = 5000;
-export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions, why };
+export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions, why, neurons, phrasings, pca };
 
 // Show the view the state names in `root`'s #main. `root`: this document, or a widget's shadow
 // root; `source`: where answers come from (data.js); `navigator`: where the view state lives

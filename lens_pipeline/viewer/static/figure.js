@@ -39,7 +39,7 @@ function shown(row) {
   }
   if (row.view === "interactive") {
     // Plotly draws it: scripts may run, from the save path only (the server's CSP), in an origin of its own.
-    // From file:// (an export) a frame sandboxed without same-origin may not load file scripts, and every
+    // From a file: URL (an export) a frame sandboxed without same-origin may not load file scripts, and every
     // file is an origin of its own there anyway, so same-origin gives the frame nothing of this page.
     const sandbox = location.protocol === "file:" ? "allow-scripts allow-same-origin" : "allow-scripts";
     return el("iframe", { class: "figure-html figure-interactive", src: row.main.url, sandbox,

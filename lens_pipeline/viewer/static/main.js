@@ -1,13 +1,9 @@
 // The viewer's page as the server serves it: answers from its HTTP API, the index followed live.
-import { start, views } from "./app.js";
-import { neurons } from "./neurons.js";
-import { pca } from "./pca.js";
-import { phrasings } from "./phrasings.js";
+import { start } from "./app.js";
 import { el } from "./util.js";
 
-// The corpus views (lens_pipeline/corpus/api.py answers them) exist on the server's page only: a static
-// export or a notebook widget has no corpus endpoints, so their tabs are added here.
-Object.assign(views, { neurons, phrasings, pca });
+// The corpus views (lens_pipeline/corpus/api.py answers them) get tabs on the server's page only: a
+// static export or a notebook widget has no corpus endpoints.
 document.querySelector("nav.tabs").append(
   el("a", { href: "#view=neurons", dataset: { tab: "neurons" }, text: "Neurons" }),
   el("a", { href: "#view=phrasings", dataset: { tab: "phrasings" }, text: "Compare prompts" }),

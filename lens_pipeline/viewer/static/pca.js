@@ -2,15 +2,9 @@
 // the same two axes; pick a prompt to highlight its tokens, in order, with their labels. Coordinates
 // and colours come from the server; this module only places them.
 import { api } from "./data.js";
-import { el, go, select } from "./util.js";
+import { el, go, select, svgNode } from "./util.js";
 
-const SVG = "http://www.w3.org/2000/svg";
-
-function node(tag, attrs) {
-  const n = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs)) n.setAttribute(key, String(value));
-  return n;
-}
+const node = svgNode;
 
 export async function pca(main, params) {
   const p = Object.fromEntries(params);

@@ -3,15 +3,9 @@
 // attention statistics as differences from the first prompt, and the neurons that differ most on
 // the aligned tokens, drawn as lines across prompts. The server sends every value and colour.
 import { api, legendBar } from "./data.js";
-import { el, formatValue, go, hashFor, select } from "./util.js";
+import { el, formatValue, go, hashFor, select, svgNode } from "./util.js";
 
-const SVG = "http://www.w3.org/2000/svg";
-
-function svg(tag, attrs) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-  return node;
-}
+const svg = svgNode;
 
 // Lines of one value per x across prompts (x: aligned token or layer), one colour per prompt.
 function linePlot(series, colors, labels, title) {
@@ -22,7 +16,7 @@ function linePlot(series, colors, labels, title) {
   const x = (i) => pad + (n > 1 ? (i * (width - 2 * pad)) / (n - 1) : 0);
   const y = (v) => height - pad - ((v - lo) * (height - 2 * pad)) / (hi - lo);
   const plot = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "line-plot" });
-  plot.append(svg("line", { x1: pad, x2: width - pad, y1: y(0), y2: y(0), stroke: "#cbd5e1" }));
+  plot.append(svg("line", { x1: pad, x2: width - pad, y1: y(0), y2: y(0), class: "zero-line" }));
   series.forEach((values, p) => plot.append(svg("polyline", { fill: "none", stroke: colors[p], "stroke-width": 2, "data-prompt": p,
     points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ") })));
   const label = svg("text", { x: pad, y: 12, "font-size": 11 });

