@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = server.api.handle("/api/figures", "status=all&limit=500")["rows"]
     knit = next((r for r in figures if r["view"] == "knitting" and r["status"] == "ok"), None)
     odd = next((r for r in figures if r["status"] != "ok"), None)
-    explained = next((r for r in caches if (r.get("params") or {}).get("logit_attribution")), None)
+    explained = max((r for r in caches if (r.get("params") or {}).get("logit_attribution")),
+                    key=lambda row: row.get("n_tokens") or 0, default=None)
     written = []
     with tempfile.TemporaryDirectory() as profile:
         driver = chromium(1400, 1000, profile)
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif view == "why" and explained:
                     driver.set_window_size(1400, 1500)
                     where = f"model={explained['model']}&prompt={explained['prompt_hash']}"
-                    driver.get(f"{server.url}#view=why&{where}&position={max(0, (explained.get('n_tokens') or 2) - 4)}")
+                    driver.get(f"{server.url}#view=why&{where}")  # the last position the cache explains
                     _ready(driver, ".why-grid")
                 elif view == "tokens":
                     driver.get(f"{server.url}#view=tokens&{cache}&value=resid_norm&layer={layer}")

@@ -22,11 +22,13 @@ from lens_pipeline.viewer.params import ApiError
 N_TOP_HEADS = 8  # the heads listed by their share of the target's logit
 
 
-def _colored(values: np.ndarray, scale: float) -> dict[str, Any]:
-    """Values with their diverging colours on (-scale, scale) and text colours (red adds, blue takes away)."""
-    colors = colormap.hex_colors(np.nan_to_num(values), colormap.SIGNED_CMAP, -scale, scale)
-    return {"values": np.asarray(values, dtype=np.float64).tolist(), "colors": colors,
-            "text_colors": [colormap.text_color(c) for c in colors], "vmin": -scale, "vmax": scale}
+def _colored(values: np.ndarray, scale: float, signed: bool = True) -> dict[str, Any]:
+    """Values with their colours and text colours: diverging on (-scale, scale) (red adds to the target,
+    blue takes away), or for an unsigned size (the gradient norm) sequential on (0, scale)."""
+    cmap, vmin = (colormap.SIGNED_CMAP, -scale) if signed else (colormap.ATTENTION_CMAP, 0.0)
+    colors = colormap.hex_colors(np.nan_to_num(values), cmap, vmin, scale)
+    return {"values": np.asarray(values, dtype=np.float64).tolist(), "colors": colors, "cmap": cmap, "signed": signed,
+            "text_colors": [colormap.text_color(c) for c in colors], "vmin": vmin, "vmax": scale}
 
 
 def _target(cache: Cache, index: int) -> dict[str, Any]:
@@ -44,7 +46,9 @@ def _attributions(cache: Cache, index: int, position: int) -> list[dict[str, Any
             continue
         values = cache.array(name)[index, : position + 1].astype(np.float64)
         scale = float(np.nanmax(np.abs(values))) or 1.0
-        entry = {"name": name.removeprefix("attr_"), "label": label, "total": float(np.nansum(values)), **_colored(values, scale)}
+        signed = name != "attr_grad_norm"  # a norm has a size, not a direction
+        entry = {"name": name.removeprefix("attr_"), "label": label, "total": float(np.nansum(values)),
+                 **_colored(values, scale, signed)}
         if name == "attr_ig":
             settings = cache.meta.get("settings", {})
             entry["note"] = (f"{settings.get('ig_steps', '?')} steps from the {settings.get('ig_baseline', '?')} baseline "

@@ -18,10 +18,12 @@ function tip(node, ...rows) {
   return node;
 }
 
-function signedLegend(title, data, vmin, vmax) {
+function signedLegend(title, colored) {
   return el("div", { class: "legend" }, el("span", { class: "legend-title", text: title }),
-    el("span", { class: "muted", text: formatValue(vmin) }), legendBar(data.cmap), el("span", { class: "muted", text: formatValue(vmax) }),
-    el("span", { class: "muted", text: "red adds to the target's logit, blue takes away" }));
+    el("span", { class: "muted", text: formatValue(colored.vmin) }), legendBar(colored.cmap),
+    el("span", { class: "muted", text: formatValue(colored.vmax) }),
+    el("span", { class: "muted", text: colored.signed ? "red adds to the target's logit, blue takes away" :
+      "how strongly the target's logit responds to the token (a size, no direction)" }));
 }
 
 // The prompt as clickable tokens; explained positions underlined, the chosen one outlined.
@@ -39,7 +41,7 @@ function attributionPanel(data) {
   return data.attributions.map((method) => el("section", { class: "why-method", dataset: { method: method.name } },
     el("h3", { text: method.label }),
     method.note ? el("p", { class: "muted small", text: method.note }) : null,
-    signedLegend("attribution", data, method.vmin, method.vmax),
+    signedLegend("attribution", method),
     el("div", { class: "token-flow" }, method.values.map((v, i) => tip(painted(
       el("span", { class: "tv", dataset: { index: i, value: String(v) }, text: data.inline[i] }), method.colors[i], method.text_colors[i]),
       tipRow("token", el("code", { class: "tok", text: data.shown_tokens[i] }), el("span", { class: "muted", text: ` #${i}` })),
@@ -67,8 +69,8 @@ function logitPanel(data, where) {
                              logit.mlp.colors[l], logit.mlp.text_colors[l]),
       tipRow("MLP", el("strong", { text: `layer ${l}` })), tipRow("logit part", el("strong", { text: formatValue(logit.mlp.values[l]) }))))));
   return [
-    signedLegend("heads", data, logit.heads.vmin, logit.heads.vmax),
-    signedLegend("MLPs", data, logit.mlp.vmin, logit.mlp.vmax),
+    signedLegend("heads", logit.heads),
+    signedLegend("MLPs", logit.mlp),
     el("div", { class: "why-logit" },
       el("table", { class: "why-grid", "aria-label": "logit attribution: layers × heads, then MLP" },
         el("thead", {}, el("tr", {}, el("th"), range(logit.n_heads).map((h) => el("th", { class: "muted small", text: `H${h}` })),
