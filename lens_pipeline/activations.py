@@ -165,13 +165,9 @@ def find_pending(
 
 def _same_targets(settings: ExtractSettings, row: dict[str, Any], prompt: Prompt) -> bool:
     """A cache that explains targets is current only for the target fields it was made for."""
-    if not (settings.attribution or settings.logit_attribution):
+    if not settings.needs_targets:
         return True
     return target_request(row.get("prompt_metadata") or {}) == target_request(prompt.metadata)
-
-
-def _explains(settings: ExtractSettings) -> bool:
-    return bool(settings.attribution or settings.logit_attribution or settings.lens_trajectory or settings.lens_resid_mid)
 
 
 def run_activations(
@@ -191,7 +187,7 @@ def run_activations(
 
     settings = settings or ActivationsSettings.build(**options)
     log = log or _to_stderr
-    if _explains(settings.extract):  # a wrong method name fails now, not after the model loads
+    if settings.extract.explains:  # a wrong method name fails now, not after the model loads
         from lens_pipeline.capture import explain
 
         explain.check_settings(settings.extract)
@@ -352,7 +348,7 @@ def run_prompts(
     unknown = [h for h in settings.hooks if h not in model.bridge.hook_dict]
     if unknown:
         raise ModelLoadError(f"--hooks {unknown[0]!r} is not a hook of {source.name} (e.g. blocks.0.hook_resid_mid)")
-    if _explains(settings):
+    if settings.explains:
         from lens_pipeline.capture import explain
 
         explain.check_model(model, settings)
@@ -416,7 +412,7 @@ def run_prompts(
 def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> list[tuple[Prompt, str, Exception]]:
     """Give each (prompt, hash, tokens) item its targets, in place; items whose target cannot be
     explained are removed and returned with the error."""
-    if not (settings.attribution or settings.logit_attribution):
+    if not settings.needs_targets:
         return []
     from lens_pipeline.capture import explain
 

@@ -69,23 +69,10 @@ class Targets:
     contrast: int | None = None  # f = logit(token) - logit(contrast)
 
 
-def explains(settings: ExtractSettings) -> bool:
-    """Whether the settings ask for anything this module computes."""
-    return needs_targets(settings) or lens_on(settings)
-
-
 def model_dtype(settings: ExtractSettings) -> str:
     """The dtype to load the model in: float32 when explaining with dtype "auto" (gradients and
     attribution sums in float16 would lose the error bounds the tests hold them to), else as asked."""
-    return "float32" if settings.dtype == "auto" and explains(settings) else settings.dtype
-
-
-def needs_targets(settings: ExtractSettings) -> bool:
-    return bool(settings.attribution or settings.logit_attribution)
-
-
-def lens_on(settings: ExtractSettings) -> bool:
-    return bool(settings.lens_trajectory or settings.lens_resid_mid)
+    return "float32" if settings.dtype == "auto" and settings.explains else settings.dtype
 
 
 def check_settings(settings: ExtractSettings) -> None:
@@ -237,7 +224,7 @@ def forward(
     """run_batch's forward with its `hooks`, plus what the settings ask to explain:
     (logits, device arrays batched as [B, ...] or [R, B, ...] for the lens)."""
     bridge = model.bridge
-    targets = BatchTargets.of(batch, input_ids.device) if needs_targets(settings) else None
+    targets = BatchTargets.of(batch, input_ids.device) if settings.needs_targets else None
     gradient_methods = [m for m in settings.attribution if m in ("grad_x_input", "grad_norm")]
     shared = bool(gradient_methods) and _rows_that_fit(model, input_ids.shape[1]) >= len(batch)
     kept = _Kept()
@@ -260,7 +247,7 @@ def forward(
             out.update(_integrated_gradients(model, settings, input_ids, attention_mask, kept, targets, out["target_values"]))
     if settings.logit_attribution:
         out.update(_logit_attribution(model, kept, targets, out["target_values"]))
-    if lens_on(settings):
+    if settings.lens_on:
         residuals = [kept.residuals[row] for row in range(len(lens_row_names(settings, bridge.cfg.n_layers)))]
         out.update(_lens_trajectory(model, residuals, logits, input_ids, [len(t.ids) for t in batch]))
     return logits, out
@@ -347,7 +334,7 @@ def _keeping_hooks(
             hooks.append((f"blocks.{layer}.attn.hook_z", keeper.keep_at(f"z{layer}")))
             hooks.append((f"blocks.{layer}.hook_mlp_out", keeper.keep_at(f"mlp{layer}")))
         hooks.append(("ln_final.hook_scale", keeper.keep_at("scale")))
-    if lens_on(settings):
+    if settings.lens_on:
         for row, name in enumerate(lens_row_names(settings, bridge.cfg.n_layers)):
             layer, where = name[1:].split(" ")
             hooks.append((f"blocks.{layer}.hook_resid_{where}", keeper.keep_residual(row)))
@@ -667,7 +654,7 @@ def prompt_arrays(
 ) -> dict[str, np.ndarray]:
     """One prompt's explanation arrays out of the batch's host arrays, padding removed."""
     arrays: dict[str, np.ndarray] = {}
-    if needs_targets(settings):
+    if settings.needs_targets:
         count = int(host["target_counts"][row])
         ids = host["target_ids"][row, :count]
         arrays["target_positions"] = host["target_positions"][row, :count]
@@ -683,7 +670,7 @@ def prompt_arrays(
         if settings.logit_attribution:
             for name in ("logit_attr_heads", "logit_attr_mlp", "logit_attr_embed", "logit_attr_bias"):
                 arrays[name] = host[name][row, :count]
-    if lens_on(settings):
+    if settings.lens_on:
         arrays["lens_rows"] = np.array(lens_row_names(settings, n_layers))
         for name in ("lens_top_ids", "lens_top_probs", "lens_actual_probs", "lens_actual_ranks", "lens_entropy", "lens_kl"):
             arrays[name] = np.ascontiguousarray(host[name][:, row, :length])

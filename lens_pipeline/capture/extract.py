@@ -362,7 +362,7 @@ def run_batch(
     views = model_card.EmbeddingViews(model) if settings.embedding_views else None  # --embedding-views
     hooks += views.hooks() if views else []
     explained: dict[str, Any] = {}
-    if explain.explains(settings):  # the same forward, with the explanation hooks (and gradients) added
+    if settings.explains:  # the same forward, with the explanation hooks (and gradients) added
         logits, explained = explain.forward(model, settings, batch, input_ids, attention_mask, hooks)
     else:
         logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
@@ -400,7 +400,7 @@ def _reducing_hooks(
         hooks.append((f"blocks.{layer}.attn.hook_pattern",
                       keep(kept.patterns, layer, lambda p: encode_patterns(p, settings.pattern_encoding, model.causal))))
         hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.norms, layer + 1, norm)))
-        if settings.logit_lens and not explain.lens_on(settings):  # the trajectory's top-5 gives the top-1
+        if settings.logit_lens and not settings.lens_on:  # the trajectory's top-5 gives the top-1
             hooks.append((f"blocks.{layer}.hook_resid_post", keep(kept.residuals, layer, lambda r: r.detach())))
         if shared is not None:
             hooks.append((f"blocks.{layer}.mlp.hook_post",
@@ -423,7 +423,7 @@ def _device_outputs(
     top_probs, top_ids = top_predictions(logits.float(), settings.top_k)  # the logits are not needed after
     out["topk_probs"], out["topk_ids"] = top_probs.to(torch.float16), top_ids.to(torch.int32)
     out.update(explained)
-    if settings.logit_lens and explain.lens_on(settings):  # each layer's top-1 from its row: no second unembedding
+    if settings.logit_lens and settings.lens_on:  # each layer's top-1 from its row: no second unembedding
         post = [row for row, name in enumerate(explain.lens_row_names(settings, bridge.cfg.n_layers)) if name.endswith("post")]
         out["logit_lens_probs"] = explained["lens_top_probs"][post, ..., 0]
         out["logit_lens_ids"] = explained["lens_top_ids"][post, ..., 0]
@@ -465,7 +465,7 @@ def _prompt_arrays(
         arrays["logit_lens_strs"] = token_strings(arrays["logit_lens_ids"])
     for hook in settings.hooks:
         arrays[f"hooks/{hook}"] = host[f"hooks/{hook}"][row]
-    if explain.explains(settings):
+    if settings.explains:
         arrays.update(explain.prompt_arrays(settings, host, row, length, token_strings, model.bridge.cfg.n_layers))
     if settings.embedding_views:
         arrays.update(model_card.prompt_arrays(host, row, length, token_strings))

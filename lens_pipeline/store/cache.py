@@ -230,6 +230,21 @@ class ExtractSettings:
         return values
 
     @property
+    def needs_targets(self) -> bool:
+        """Whether a target is explained per prompt (input or direct logit attribution)."""
+        return bool(self.attribution or self.logit_attribution)
+
+    @property
+    def lens_on(self) -> bool:
+        """Whether the lens trajectory is computed."""
+        return bool(self.lens_trajectory or self.lens_resid_mid)
+
+    @property
+    def explains(self) -> bool:
+        """Whether anything of lens_pipeline.capture.explain is asked for."""
+        return self.needs_targets or self.lens_on
+
+    @property
     def settings_id(self) -> str:
         """8 hex digits naming these settings: caches made with other settings live beside each other."""
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]

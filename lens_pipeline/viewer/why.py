@@ -85,7 +85,7 @@ def _lens(cache: Cache, position: int) -> dict[str, Any] | None:
         "rows": [str(r) for r in cache.array("lens_rows")],
         "actual_probs": [None if not np.isfinite(p) else float(p) for p in probs],
         "actual_ranks": cache.array("lens_actual_ranks")[:, position].tolist(),
-        "colors": colors, "text_colors": [colormap.text_color(c) for c in colors],
+        "colors": colors, "text_colors": [colormap.text_color(c) for c in colors], "cmap": colormap.ATTENTION_CMAP,
         "entropy": entropy.astype(np.float64).tolist(), "kl": kl.astype(np.float64).tolist(),
         "top_tokens": [[display.token_label(str(s)) for s in row] for row in top_strs],
         "top_probs": top_probs.astype(np.float64).tolist(),
@@ -110,7 +110,6 @@ def why(cache: Cache, row: dict[str, Any], position: int | None) -> dict[str, An
         "shown_tokens": [display.token_label(t) for t in cache.tokens],
         "inline": [display.token_inline(t) for t in cache.tokens],
         "next_token": display.token_label(cache.tokens[position + 1]) if position + 1 < cache.n_tokens else None,
-        "cmap": colormap.SIGNED_CMAP, "lens_cmap": colormap.ATTENTION_CMAP,
         "target": None, "attributions": [], "logit": None, "lens": _lens(cache, position),
     }
     if index is None:

@@ -95,36 +95,31 @@ def _embedding_lines(arch: dict[str, Any], parts: dict[str, int]) -> list[str]:
     return lines
 
 
+def _sublayer(axes: Any, y: float, branch: float, arch: dict[str, Any], lines: list[str], color: str) -> float:
+    """One residual sub-layer from `y` down: its norm where it sits, its box, the add fed by the skip
+    from `branch` (where the residual stream left for it); returns its bottom."""
+    post = arch["norm_placement"] == "post"
+    if not post:
+        y = _norm_box(axes, y, arch, "(pre-norm)")
+        _arrow(axes, y, y - 0.18)
+        y -= 0.18
+    y = _box(axes, y, lines, color)
+    _arrow(axes, y, y - 0.2)
+    y = _add(axes, y - 0.33, branch) - 0.13
+    if post:
+        _arrow(axes, y, y - 0.15)
+        y = _norm_box(axes, y - 0.15, arch, "(after the add: post-norm)")
+    return y
+
+
 def _block(axes: Any, top: float, arch: dict[str, Any], counts: dict[str, Any]) -> float:
     """The folded block: its frame, its sub-layers in order, the skip connections; returns its bottom."""
     block = counts["blocks"][0]
     per_block = sum(block.values())
     frame_top, y = top, top - 0.45
-    post = arch["norm_placement"] == "post"
-    start = y
-    if not post:
-        y = _norm_box(axes, y, arch, "(pre-norm)")
-        _arrow(axes, y, y - 0.18)
-        y -= 0.18
-    y = _box(axes, y, attention_lines(arch, block), COLORS["attn"])
+    y = _sublayer(axes, y, y + 0.1, arch, attention_lines(arch, block), COLORS["attn"])
     _arrow(axes, y, y - 0.2)
-    y = _add(axes, y - 0.33, start + 0.1) - 0.13
-    if post:
-        _arrow(axes, y, y - 0.15)
-        y = _norm_box(axes, y - 0.15, arch, "(after the add: post-norm)")
-    mid = y - 0.1
-    _arrow(axes, y, y - 0.2)
-    y -= 0.2
-    if not post:
-        y = _norm_box(axes, y, arch, "(pre-norm)")
-        _arrow(axes, y, y - 0.18)
-        y -= 0.18
-    y = _box(axes, y, mlp_lines(arch, block), COLORS["mlp"])
-    _arrow(axes, y, y - 0.2)
-    y = _add(axes, y - 0.33, mid) - 0.13
-    if post:
-        _arrow(axes, y, y - 0.15)
-        y = _norm_box(axes, y - 0.15, arch, "(after the add: post-norm)")
+    y = _sublayer(axes, y - 0.2, y - 0.1, arch, mlp_lines(arch, block), COLORS["mlp"])
     bottom = y - 0.4
     axes.add_patch(FancyBboxPatch((0.15, bottom), BOX_W + 1.0, frame_top - bottom, boxstyle="round,pad=0,rounding_size=0.12",
                                   facecolor="none", edgecolor="#333333", linewidth=1.4, linestyle="--", zorder=0))

@@ -92,6 +92,8 @@ function lensPanel(data) {
   return [
     el("p", { class: "muted small", text: `each layer's residual at position ${data.position} through the final norm and unembedding; ${next}` +
       (lens.logprob === null ? "" : `; final log-probability ${formatValue(lens.logprob)}`) }),
+    el("div", { class: "legend" }, el("span", { class: "legend-title", text: "p(next)" }), el("span", { class: "muted", text: "0" }),
+      legendBar(lens.cmap), el("span", { class: "muted", text: "1" })),
     el("div", { class: "pred-wrap" }, el("table", { class: "predictions why-lens" },
       el("thead", {}, el("tr", {}, ["layer", "p(next)", "rank", "entropy", "KL to output"].map((t) => el("th", { text: t })),
         range(5).map((r) => el("th", { text: String(r + 1) })))),
