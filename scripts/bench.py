@@ -34,7 +34,6 @@ import cProfile
 import importlib.util
 import io
 import json
-import os
 import pstats
 import resource
 import shutil
@@ -256,17 +255,32 @@ def sweep_texts(model: Any, passages: list[Prompt], n_tokens: int, count: int, s
     return texts
 
 
+# A child's ru_maxrss starts from this process's RSS at the fork (Linux keeps the high-water mark
+# across exec), and this process holds a model: the child reports its own VmHWM as it exits.
+_REPORT_PEAK_RSS = """import atexit, runpy, sys
+def report():
+    status = open("/proc/self/status").read()
+    sys.stderr.write("\\nbench-peak-rss-kib " + status.split("VmHWM:")[1].split()[0] + "\\n")
+atexit.register(report)
+if sys.argv[1] == "-m":
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def child_peak_rss(command: list[str]) -> tuple[int, float]:
-    """(peak RSS bytes, wall s) of a fresh process running `command`; it must succeed."""
+    """(peak RSS bytes, wall s) of a fresh process running `command` ([python, script or -m module, ...]);
+    it must succeed."""
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
+    result = subprocess.run([command[0], "-c", _REPORT_PEAK_RSS, *command[1:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    error = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if child.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(command)} failed:\n{error[-2000:]}")
-    return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return int(result.stderr.rsplit("bench-peak-rss-kib ", 1)[1].split()[0]) * 1024, seconds
 
 
 def bare_only(args: argparse.Namespace) -> int:

@@ -239,3 +239,29 @@ def test_a_local_model_folder_and_two_models_in_one_run(tmp_path: Path, mixed_pr
     rows = [r for r in index.read_rows(tmp_path) if r["kind"] == "cache"]
     assert {r["model"] for r in rows} == {"all-MiniLM-L6-v2", "model"}
     assert {r["model_id"] for r in rows} == {resolve("minilm").model_id, f"local:{folder}"}
+
+
+def test_topk_and_logit_lens_equal_the_bridges_own_logits(tmp_path: Path, mixed_prompts: Path) -> None:
+    """The top-k and the top-1 logit lens are unembedded a chunk of real positions at a time, never as
+    [B, T, vocabulary]: in a padded batch of 5 (with a chunk smaller than the batch's positions) every
+    position's ids and probabilities equal softmax of the bridge's own logits for that prompt alone."""
+    from lens_pipeline.capture import extract
+
+    chunk_bytes = dict(extract.UNEMBED_CHUNK_BYTES)
+    extract.UNEMBED_CHUNK_BYTES["cpu"] = 4 * 49_152 * 16  # 16 positions a chunk
+    try:
+        run_activations("smollm2", mixed_prompts, tmp_path, batch_size=5, logit_lens=True, progress=False)
+    finally:
+        extract.UNEMBED_CHUNK_BYTES.update(chunk_bytes)
+    model = load_reusing(resolve("smollm2"))
+    for cache in caches_by_text(tmp_path).values():
+        tokens = torch.tensor([cache.token_ids.tolist()])
+        with torch.no_grad():
+            logits, direct = model.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_post"))
+            probs = torch.softmax(logits[0].float(), -1)
+            top = probs.topk(cache.topk_ids.shape[1], dim=-1)
+            lens = torch.softmax(model.bridge.unembed(model.bridge.ln_final(direct["blocks.12.hook_resid_post"])).float(), -1)[0]
+        np.testing.assert_array_equal(cache.topk_ids[:, :3], top.indices[:, :3].numpy())
+        np.testing.assert_allclose(cache.topk_probs, top.values.numpy(), atol=2e-3, rtol=1e-3)  # stored as float16
+        np.testing.assert_array_equal(cache.array("logit_lens_ids")[12], lens.argmax(-1).numpy())
+        np.testing.assert_allclose(cache.array("logit_lens_probs")[12], lens.max(-1).values.numpy(), atol=2e-3, rtol=1e-3)

@@ -199,7 +199,24 @@ def _bias_or_zeros(bridge: Any, name: str, shape: tuple[int, ...], device: torch
 
 
 class _Stop(Exception):
-    """Raised in a hook to end a gradient pass once the final norm's output is there."""
+    """Raised in a hook to end a forward once the final norm's output is there."""
+
+
+def run_to_final_norm(bridge: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      fwd_hooks: list[tuple[str, Callable[..., Any]]]) -> torch.Tensor:
+    """The forward with `fwd_hooks`, stopped at the unembedding's input: the final norm's output [B, T, d].
+    Whoever needs logits unembeds the rows they need, so [B, T, vocabulary] is never built."""
+    box: dict[str, torch.Tensor] = {}
+
+    def stop(value: torch.Tensor, hook: Any) -> None:
+        box["normalized"] = value
+        raise _Stop
+
+    try:
+        bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", stop)])
+    except _Stop:
+        pass
+    return box["normalized"]
 
 
 @dataclass
@@ -404,38 +421,21 @@ def _gradient_pass(
     final norm (the unembedding is not needed: f reads only the target rows of it); then, per target
     column, (g, gradient w.r.t. those embeddings)."""
     leaf = embeddings.detach().requires_grad_(True)
-    box: dict[str, torch.Tensor] = {}
-
-    def stop(value: torch.Tensor, hook: Any) -> None:
-        box["normalized"] = value
-        raise _Stop
-
     with torch.enable_grad():
-        try:
-            model.bridge.run_with_hooks(input_ids[rows], attention_mask=attention_mask[rows],
-                                        fwd_hooks=[("hook_embed", lambda value, hook: leaf), ("unembed.hook_in", stop)])
-        except _Stop:
-            pass
-        values = targets.from_normalized(box.pop("normalized"), rows)
+        normalized = run_to_final_norm(model.bridge, input_ids[rows], attention_mask[rows],
+                                       [("hook_embed", lambda value, hook: leaf)])
+        values = targets.from_normalized(normalized, rows)
+        del normalized
     yield from _each_target(values, targets.valid[rows], leaf)
 
 
 def _values_at(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
                embeddings: torch.Tensor, targets: BatchTargets) -> torch.Tensor:
     """f for copies of prompts `rows` with these token embeddings (no gradients)."""
-    box: dict[str, torch.Tensor] = {}
-
-    def stop(value: torch.Tensor, hook: Any) -> None:
-        box["normalized"] = value
-        raise _Stop
-
     with torch.no_grad():
-        try:
-            model.bridge.run_with_hooks(input_ids[rows], attention_mask=attention_mask[rows],
-                                        fwd_hooks=[("hook_embed", lambda value, hook: embeddings), ("unembed.hook_in", stop)])
-        except _Stop:
-            pass
-        return targets.from_normalized(box["normalized"], rows)
+        normalized = run_to_final_norm(model.bridge, input_ids[rows], attention_mask[rows],
+                                       [("hook_embed", lambda value, hook: embeddings)])
+        return targets.from_normalized(normalized, rows)
 
 
 def _gradients_in_chunks(

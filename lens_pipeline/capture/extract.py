@@ -203,6 +203,30 @@ def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 2
     return torch.cat(probs).reshape(shape), torch.cat(ids).reshape(shape)
 
 
+# Positions unembedded at once: [rows, vocabulary] float32 logits of this many bytes, not [B, T, vocabulary].
+UNEMBED_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
+
+
+def top_of_positions(logits_of: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor, vocabulary: int,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_predictions (probabilities float16, ids int32) [N, k] of the flat `positions` [N], whose
+    logits `logits_of(chunk of positions)` gives [chunk, vocabulary] a chunk at a time."""
+    chunk = max(16, UNEMBED_CHUNK_BYTES["cuda" if positions.is_cuda else "cpu"] // (4 * vocabulary))
+    probs = torch.empty((len(positions), k), dtype=torch.float16, device=positions.device)
+    ids = torch.empty((len(positions), k), dtype=torch.int32, device=positions.device)
+    for start in range(0, len(positions), chunk):
+        part = slice(start, start + chunk)
+        top_probs, top_ids = top_predictions(logits_of(positions[part]).float(), k)
+        probs[part], ids[part] = top_probs, top_ids
+    return probs, ids
+
+
+def _scatter_positions(values: torch.Tensor, positions: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """[N, ...] values at flat `positions` -> [batch, length, ...], zeros at the padding."""
+    full = torch.zeros((batch * length, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    return full.index_copy_(0, positions, values).view(batch, length, *values.shape[1:])
+
+
 def to_host(tensors: dict[str, Any]) -> dict[str, Any]:
     """Tensors (or lists of them) -> numpy. On CUDA every copy goes into pinned memory without
     blocking and the stream is synchronised once, so the copies overlap each other."""
@@ -344,6 +368,19 @@ class _Kept:
         return cls([None] * n_layers, [None] * (n_layers + 1), [None] * n_layers, [None] * n_layers)
 
 
+@dataclass
+class FinalLogits:
+    """The final logits of flat batch positions: rows of full logits [B*T, vocabulary], or of the final
+    norm's output [B*T, d] unembedded when asked for."""
+
+    flat: torch.Tensor
+    unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        rows = self.flat[positions]
+        return rows if self.unembed is None else self.unembed(rows[None])[0]
+
+
 @torch.no_grad()
 def run_batch(
     model: LoadedModel, batch: Sequence[Tokenized], settings: ExtractSettings, token_strings: TokenStrings
@@ -364,13 +401,19 @@ def run_batch(
     explained: dict[str, Any] = {}
     if settings.explains:  # the same forward, with the explanation hooks (and gradients) added
         logits, explained = explain.forward(model, settings, batch, input_ids, attention_mask, hooks)
+        final = FinalLogits(logits.flatten(0, 1))
+        del logits  # `final` alone holds them: deleting it frees them
+    elif "unembed.hook_in" in bridge.hook_dict:  # the top-k unembeds real positions only, a chunk at a time
+        final = FinalLogits(explain.run_to_final_norm(bridge, input_ids, attention_mask, hooks).flatten(0, 1), bridge.unembed)
     else:
-        logits = bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)
+        final = FinalLogits(bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks).flatten(0, 1))
     if any(value is None for value in kept.patterns + kept.norms + (kept.neurons if settings.n_neurons > 0 else [])):
         raise RuntimeError(f"{model.source.name}: a pattern, residual or MLP hook did not run during the forward pass")
-    out = _device_outputs(model, settings, kept, logits, explained)
+    positions = torch.cat([torch.arange(n, device=input_ids.device) + row * input_ids.shape[1]
+                           for row, n in enumerate(lengths)])
+    out = _device_outputs(model, settings, kept, final, positions, input_ids.shape, explained)
     out.update(views.outputs(input_ids) if views else {})
-    del logits  # device memory back before the host work
+    del final  # device memory back before the host work
     kept.residuals.clear()
     host = to_host(out)
     return [Extracted(_prompt_arrays(model, settings, host, batch[row].ids, row, length, token_strings))
@@ -415,22 +458,29 @@ def _reducing_hooks(
 
 
 def _device_outputs(
-    model: LoadedModel, settings: ExtractSettings, kept: _Kept, logits: torch.Tensor, explained: dict[str, Any],
+    model: LoadedModel, settings: ExtractSettings, kept: _Kept, final_logits: FinalLogits,
+    positions: torch.Tensor, shape: tuple[int, int], explained: dict[str, Any],
 ) -> dict[str, Any]:
-    """On the device: what is left to reduce, ready for one transfer to the host."""
+    """On the device: what is left to reduce, ready for one transfer to the host. `final_logits` gives
+    the logits [N, vocabulary] of flat real `positions` of the [B, T] batch."""
     bridge = model.bridge
+    vocabulary = bridge.cfg.d_vocab
     out: dict[str, Any] = {"patterns": kept.patterns, "resid_norms": torch.stack(kept.norms)}  # [L+1, B, T]
-    top_probs, top_ids = top_predictions(logits.float(), settings.top_k)  # the logits are not needed after
-    out["topk_probs"], out["topk_ids"] = top_probs.to(torch.float16), top_ids.to(torch.int32)
+    top_probs, top_ids = top_of_positions(final_logits, positions, vocabulary, settings.top_k)
+    out["topk_probs"], out["topk_ids"] = (_scatter_positions(v, positions, *shape) for v in (top_probs, top_ids))
     out.update(explained)
     if settings.logit_lens and settings.lens_on:  # each layer's top-1 from its row: no second unembedding
         post = [row for row, name in enumerate(explain.lens_row_names(settings, bridge.cfg.n_layers)) if name.endswith("post")]
         out["logit_lens_probs"] = explained["lens_top_probs"][post, ..., 0]
         out["logit_lens_ids"] = explained["lens_top_ids"][post, ..., 0]
-    elif settings.logit_lens:
-        lens = [torch.softmax(bridge.unembed(bridge.ln_final(r)).float(), dim=-1).max(dim=-1) for r in kept.residuals]
-        out["logit_lens_probs"] = torch.stack([m.values for m in lens]).to(torch.float16)  # [L, B, T]
-        out["logit_lens_ids"] = torch.stack([m.indices for m in lens]).to(torch.int32)
+    elif settings.logit_lens:  # each layer's top-1, unembedded a chunk of positions at a time
+        lens = []
+        for residual in kept.residuals:
+            flat = residual.reshape(-1, residual.shape[-1])
+            top = top_of_positions(lambda rows: bridge.unembed(bridge.ln_final(flat[rows][None]))[0], positions, vocabulary, 1)
+            lens.append([_scatter_positions(v[:, 0], positions, *shape) for v in top])
+        out["logit_lens_probs"] = torch.stack([probs for probs, _ in lens])  # [L, B, T]
+        out["logit_lens_ids"] = torch.stack([ids for _, ids in lens])
     if settings.n_neurons > 0:
         out["neuron_ids"] = torch.stack([ids for ids, _ in kept.neurons], 1).to(torch.int32)  # [B, L, n]
         out["neuron_acts"] = torch.stack([acts for _, acts in kept.neurons], 1).to(torch.float16)  # [B, L, n, T]

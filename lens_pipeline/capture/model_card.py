@@ -37,7 +37,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -246,16 +246,24 @@ def module_tree(clean: Any) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- PCA
 
 
+ROW_CHUNK = 8192  # rows converted to float64 at once: a vocabulary's float64 copy would be hundreds of MB
+
+
+def _row_chunks(matrix: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, matrix.shape[0], ROW_CHUNK):
+        yield np.asarray(matrix[start : start + ROW_CHUNK], dtype=np.float64)
+
+
 def pca_basis(matrix: np.ndarray, k: int = N_COMPONENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean [d], components [k, d], explained-variance ratios [k]) of the rows of `matrix`, in float64.
 
     The eigendecomposition of the centred Gram matrix XᵀX (d x d): the same axes as numpy's SVD of
-    the centred matrix (up to sign), a fraction of its cost for V >> d. Each axis's sign is fixed
-    so its largest-magnitude loading is positive: the same matrix always gives the same basis."""
-    x = np.asarray(matrix, dtype=np.float64)
-    mean = x.mean(0)
-    x = x - mean
-    eigenvalues, vectors = np.linalg.eigh(x.T @ x)  # ascending
+    the centred matrix (up to sign), a fraction of its cost for V >> d; summed over row chunks, so no
+    float64 copy of the whole matrix is made. Each axis's sign is fixed so its largest-magnitude
+    loading is positive: the same matrix always gives the same basis."""
+    mean = sum(chunk.sum(0) for chunk in _row_chunks(matrix)) / matrix.shape[0]
+    gram = sum((chunk - mean).T @ (chunk - mean) for chunk in _row_chunks(matrix))
+    eigenvalues, vectors = np.linalg.eigh(gram)  # ascending
     order = np.argsort(eigenvalues)[::-1][:k]
     components = vectors[:, order].T
     components *= np.sign(components[np.arange(len(order)), np.abs(components).argmax(1)])[:, None]
@@ -268,8 +276,12 @@ def pca_basis(matrix: np.ndarray, k: int = N_COMPONENTS) -> tuple[np.ndarray, np
 
 
 def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Coordinates of row vectors on a basis: (x - mean) @ components.T."""
-    return (np.asarray(vectors, dtype=np.float64) - mean) @ components.T
+    """Coordinates of row vectors on a basis: (x - mean) @ components.T, in float64 a chunk of rows at a time."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        return (np.asarray(vectors, dtype=np.float64) - mean) @ components.T
+    return np.concatenate([(chunk - mean) @ components.T for chunk in _row_chunks(vectors)] or
+                          [np.zeros((0, components.shape[0]))])
 
 
 def unit_rms(x: Any) -> Any:
@@ -325,7 +337,7 @@ def build(model: LoadedModel) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     counts = parameter_counts(clean, arch["n_heads"], arch["n_kv_heads"])
     out_embed = clean.get_output_embeddings()
     arch["tied_embeddings"] = bool(out_embed is not None and out_embed.weight is clean.get_input_embeddings().weight)
-    embeddings = input_embeddings(model).detach().double().cpu().numpy()
+    embeddings = input_embeddings(model).detach().float().cpu().numpy()  # float64 a chunk at a time
     mean, components, ratio = pca_basis(embeddings)
     vocab = embeddings.shape[0]
     sample = np.sort(np.random.default_rng(SAMPLE_SEED).choice(vocab, min(VOCAB_SAMPLE, vocab), replace=False))
