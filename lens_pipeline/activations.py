@@ -279,7 +279,8 @@ def prune_caches(source: ModelSource, save_path: Path, log: Callable[[str], None
 
 
 class CacheWriter:
-    """Compresses a batch's caches on a thread pool (between forward passes), writes them atomically
+    """Compresses a batch's caches (their members side by side on a thread pool, between forward
+    passes: one long prompt's cache uses every thread too), writes them atomically
     on a background thread while the next batch runs, and records their index rows as they land.
     On Ctrl-C or a failed write, what was written is recorded before the error goes on."""
 
@@ -292,9 +293,9 @@ class CacheWriter:
         self.written = 0
 
     def submit(self, jobs: Iterable[tuple[Callable[..., Any], Any]]) -> None:
-        """Each job is (compress, args): compress(args) -> (path, bytes, row)."""
-        jobs = list(jobs)
-        for path, data, row in self.compress_pool.map(lambda job: job[0](job[1]), jobs):
+        """Each job is (compress, args): compress(args, map_members) -> (path, bytes, row)."""
+        for compress, args in jobs:
+            path, data, row = compress(args, self.compress_pool.map)
             self.in_flight.append(self.disk.submit(_write_file, path, data, row))
         self.drain(self.keep)
 
@@ -364,7 +365,7 @@ def run_prompts(
     items.sort(key=lambda item: len(item[2].ids))  # similar lengths together: less padding
     base_meta = _model_meta(model, settings)
 
-    def compress(job: tuple[tuple[Prompt, str, Any], Any]) -> tuple[Path, bytes, dict[str, Any]]:
+    def compress(job: tuple[tuple[Prompt, str, Any], Any], map_members: Callable[..., Any]) -> tuple[Path, bytes, dict[str, Any]]:
         (prompt, hash_, tokens), result = job
         meta = dict(base_meta, prompt_hash=hash_, text=prompt.text, n_tokens=len(tokens.ids),
                     prompt_source=prompt.source, prompt_metadata=prompt.metadata)
@@ -372,7 +373,7 @@ def run_prompts(
         if tokens.truncated_from:
             warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
             meta["truncated_from"] = tokens.truncated_from
-        return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings, settings)
+        return _serialize_cache(save_path, source, hash_, prompt, meta, result.arrays, warnings, settings, map_members)
 
     failed = len(rejected)
     # Compression runs between forward passes on as many threads as the forward uses (zstd frees
@@ -494,7 +495,7 @@ def _to_stderr(message: str) -> None:
 
 def _serialize_cache(
     save_path: Path, source: ModelSource, hash_: str, prompt: Prompt, meta: dict[str, Any],
-    arrays: dict[str, Any], warnings: list[str], settings: ExtractSettings,
+    arrays: dict[str, Any], warnings: list[str], settings: ExtractSettings, map_members: Callable[..., Any] = map,
 ) -> tuple[Path, bytes, dict[str, Any]]:
     """(where it goes, the cache file's bytes, its index row): the CPU part of saving a cache."""
     explained = {}
@@ -503,7 +504,7 @@ def _serialize_cache(
 
         explained = {"explain": explain.summary(arrays, settings)}
         meta = dict(meta, **explained)
-    data = serialize(CacheContents(meta, arrays))
+    data = serialize(CacheContents(meta, arrays), map_members)
     relpath = cache_relpath(source, hash_, settings)
     row = index.make_row(
         "cache",

@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import zstandard
@@ -338,22 +338,29 @@ def member_compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(compression_params=ZSTD_PARAMETERS)
 
 
-def serialize(contents: CacheContents) -> bytes:
-    """The cache file's bytes. A pure function: threads compress several caches at once (zstd frees the GIL)."""
+def _compressed_member(array: np.ndarray) -> bytes:
+    """One member's zstd-compressed .npy bytes (a compressor per member: they are not thread-safe)."""
+    buffer = io.BytesIO()
+    write_npy_zst(array, member_compressor(), buffer)
+    return buffer.getvalue()
+
+
+def serialize(contents: CacheContents, map_members: Callable[..., Iterable[bytes]] = map) -> bytes:
+    """The cache file's bytes. A pure function of `contents`; `map_members` (e.g. a thread pool's map:
+    zstd frees the GIL) compresses the members, each on its own, so the bytes are the same either way."""
     unknown = sorted({array_family(name) for name in contents.arrays} - set(ARRAYS))
     if unknown:  # CACHE_ARRAYS is the one list of what a cache holds: add a row there first
         raise ValueError(f"cache arrays {unknown} are not described in lens_pipeline.store.cache.CACHE_ARRAYS")
-    compressor = member_compressor()
     buffer = io.BytesIO()
     meta = dict(contents.meta, schema_version=SCHEMA_VERSION)
     meta["arrays"] = {
         name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in contents.arrays.items()
     }
+    compressed = map_members(_compressed_member, contents.arrays.values())
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(zipfile.ZipInfo("meta.json", FIXED_ZIP_TIME), json.dumps(meta, ensure_ascii=False, indent=1))
-        for name, array in contents.arrays.items():
-            with archive.open(zipfile.ZipInfo(f"{name}.npy.zst", FIXED_ZIP_TIME), "w") as member:
-                write_npy_zst(array, compressor, member)
+        for name, data in zip(contents.arrays, compressed):
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy.zst", FIXED_ZIP_TIME), data)
     return buffer.getvalue()
 
 
