@@ -207,24 +207,18 @@ def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 2
 UNEMBED_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
 
 
-def top_of_positions(logits_of: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor, vocabulary: int,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_predictions (probabilities float16, ids int32) [N, k] of the flat `positions` [N], whose
-    logits `logits_of(chunk of positions)` gives [chunk, vocabulary] a chunk at a time."""
+def top_of_positions(logits_of: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor,
+                     shape: tuple[int, int], vocabulary: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_predictions (probabilities float16, ids int32) [B, T, k] of a [B, T] batch, computed at its flat
+    real `positions` only (zeros at the padding), whose logits `logits_of(chunk of positions)` gives
+    [chunk, vocabulary] a chunk at a time."""
     chunk = max(16, UNEMBED_CHUNK_BYTES["cuda" if positions.is_cuda else "cpu"] // (4 * vocabulary))
-    probs = torch.empty((len(positions), k), dtype=torch.float16, device=positions.device)
-    ids = torch.empty((len(positions), k), dtype=torch.int32, device=positions.device)
-    for start in range(0, len(positions), chunk):
-        part = slice(start, start + chunk)
-        top_probs, top_ids = top_predictions(logits_of(positions[part]).float(), k)
-        probs[part], ids[part] = top_probs, top_ids
-    return probs, ids
-
-
-def _scatter_positions(values: torch.Tensor, positions: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """[N, ...] values at flat `positions` -> [batch, length, ...], zeros at the padding."""
-    full = torch.zeros((batch * length, *values.shape[1:]), dtype=values.dtype, device=values.device)
-    return full.index_copy_(0, positions, values).view(batch, length, *values.shape[1:])
+    probs = torch.zeros((shape[0] * shape[1], k), dtype=torch.float16, device=positions.device)
+    ids = torch.zeros((shape[0] * shape[1], k), dtype=torch.int32, device=positions.device)
+    for part in positions.split(chunk):
+        top_probs, top_ids = top_predictions(logits_of(part).float(), k)
+        probs[part], ids[part] = top_probs.to(probs.dtype), top_ids.to(ids.dtype)
+    return probs.view(*shape, k), ids.view(*shape, k)
 
 
 def to_host(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -370,8 +364,8 @@ class _Kept:
 
 @dataclass
 class FinalLogits:
-    """The final logits of flat batch positions: rows of full logits [B*T, vocabulary], or of the final
-    norm's output [B*T, d] unembedded when asked for."""
+    """Logits of flat batch positions: rows of full logits [B*T, vocabulary], or rows of a residual
+    [B*T, d] put through `unembed` (e.g. the unembedding, or the final norm and the unembedding) when asked for."""
 
     flat: torch.Tensor
     unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -466,21 +460,17 @@ def _device_outputs(
     bridge = model.bridge
     vocabulary = bridge.cfg.d_vocab
     out: dict[str, Any] = {"patterns": kept.patterns, "resid_norms": torch.stack(kept.norms)}  # [L+1, B, T]
-    top_probs, top_ids = top_of_positions(final_logits, positions, vocabulary, settings.top_k)
-    out["topk_probs"], out["topk_ids"] = (_scatter_positions(v, positions, *shape) for v in (top_probs, top_ids))
+    out["topk_probs"], out["topk_ids"] = top_of_positions(final_logits, positions, shape, vocabulary, settings.top_k)
     out.update(explained)
     if settings.logit_lens and settings.lens_on:  # each layer's top-1 from its row: no second unembedding
         post = [row for row, name in enumerate(explain.lens_row_names(settings, bridge.cfg.n_layers)) if name.endswith("post")]
         out["logit_lens_probs"] = explained["lens_top_probs"][post, ..., 0]
         out["logit_lens_ids"] = explained["lens_top_ids"][post, ..., 0]
     elif settings.logit_lens:  # each layer's top-1, unembedded a chunk of positions at a time
-        lens = []
-        for residual in kept.residuals:
-            flat = residual.reshape(-1, residual.shape[-1])
-            top = top_of_positions(lambda rows: bridge.unembed(bridge.ln_final(flat[rows][None]))[0], positions, vocabulary, 1)
-            lens.append([_scatter_positions(v[:, 0], positions, *shape) for v in top])
-        out["logit_lens_probs"] = torch.stack([probs for probs, _ in lens])  # [L, B, T]
-        out["logit_lens_ids"] = torch.stack([ids for _, ids in lens])
+        lens = [top_of_positions(FinalLogits(residual.flatten(0, 1), lambda rows: bridge.unembed(bridge.ln_final(rows))),
+                                 positions, shape, vocabulary, 1) for residual in kept.residuals]
+        out["logit_lens_probs"] = torch.stack([probs[..., 0] for probs, _ in lens])  # [L, B, T]
+        out["logit_lens_ids"] = torch.stack([ids[..., 0] for _, ids in lens])
     if settings.n_neurons > 0:
         out["neuron_ids"] = torch.stack([ids for ids, _ in kept.neurons], 1).to(torch.int32)  # [B, L, n]
         out["neuron_acts"] = torch.stack([acts for _, acts in kept.neurons], 1).to(torch.float16)  # [B, L, n, T]

@@ -278,10 +278,11 @@ def pca_basis(matrix: np.ndarray, k: int = N_COMPONENTS) -> tuple[np.ndarray, np
 def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """Coordinates of row vectors on a basis: (x - mean) @ components.T, in float64 a chunk of rows at a time."""
     vectors = np.asarray(vectors)
-    if vectors.ndim != 2:
-        return (np.asarray(vectors, dtype=np.float64) - mean) @ components.T
-    return np.concatenate([(chunk - mean) @ components.T for chunk in _row_chunks(vectors)] or
-                          [np.zeros((0, components.shape[0]))])
+    rows = vectors.reshape(-1, vectors.shape[-1])
+    out = np.empty((rows.shape[0], components.shape[0]), dtype=np.float64)
+    for start, chunk in zip(range(0, rows.shape[0], ROW_CHUNK), _row_chunks(rows)):
+        out[start : start + ROW_CHUNK] = (chunk - mean) @ components.T
+    return out.reshape(*vectors.shape[:-1], components.shape[0])
 
 
 def unit_rms(x: Any) -> Any:
