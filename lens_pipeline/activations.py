@@ -43,6 +43,7 @@ from lens_pipeline.store.cache import (
     serialize,
     write_atomic,
 )
+from lens_pipeline.store.integrity import ContentCheck
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 DEFAULT_SAVE_PATH = "attn_data"
@@ -98,6 +99,7 @@ class StageSummary:
     bad_lines: int = 0
     pruned: list[str] = field(default_factory=list)
     models_loaded: list[str] = field(default_factory=list)
+    ig_over_tolerance: list[str] = field(default_factory=list)  # "file:line: ..." of prompts whose IG missed it
     seconds: float = 0.0
 
 
@@ -125,7 +127,7 @@ class Pending:
     todo: Todo = field(default_factory=list)
     cached: int = 0
     reselect: list[dict[str, Any]] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
+    corrupt: list[dict[str, Any]] = field(default_factory=list)  # their recorded rows
 
 
 def find_pending(
@@ -138,7 +140,7 @@ def find_pending(
     for row in newest.values():
         if row["kind"] == "cache" and row.get("model") == source.name and row.get("status") == "ok":
             caches.setdefault(row["prompt_hash"], []).append(row)
-    pending, seen = Pending(), set()
+    pending, seen, check = Pending(), set(), ContentCheck(save_path)
     for prompt in prompts:
         hash_ = prompt_hash(source.model_id, prompt.text)
         if hash_ in seen:  # the same text twice in one file is one cache
@@ -149,17 +151,18 @@ def find_pending(
                     and _same_targets(settings.extract, row, prompt)]
         usable = None
         for row in reversed(covering):  # the newest first
-            if index.is_complete(row, save_path, verify=True):
+            if check.holds(row):
                 usable = row
                 break
             if (save_path / row["path"]).exists():
-                pending.corrupt.append(row["path"])
+                pending.corrupt.append(row)
         if usable is None or settings.force:
             pending.todo.append((prompt, hash_))
             continue
         pending.cached += 1
         if usable is not rows[-1]:  # another settings' cache is current: this run's request wins
             pending.reselect.append(dict(usable, selected=index.now_iso()))
+    check.save()
     return pending
 
 
@@ -204,6 +207,7 @@ def run_activations(
     sources = [model_sources.resolve_source(name, settings.random_weights) for name in models]
     check_writable(save_path)
     remove_orphan_temp_files(save_path / "caches")  # left by a run killed with -9
+    index.repair(save_path, lambda message: log(f"warning: {save_path}/{message}"))  # as the figures stage says it
 
     newest = index.latest(index.read_rows(save_path))
     for source in sources:
@@ -212,9 +216,12 @@ def run_activations(
                                        force=settings.force, log=log)
         chosen = dataclasses.replace(settings, extract=extract)  # this model's basis filled in (corpus/basis.py)
         pending = find_pending(source, good, save_path, chosen, newest)
-        for path in pending.corrupt:
-            log(f"warning: {save_path / path} does not match its recorded sha256 (corrupt or changed); recomputing")
-        index.append_rows(save_path, pending.reselect)
+        for row in pending.corrupt:
+            log(f"warning: {save_path / row['path']} does not match its recorded sha256 (corrupt or changed); "
+                f"marked corrupt in the index and not used")
+        # The index no longer vouches for a file it knows is corrupt (--prune removes it).
+        index.append_rows(save_path, [dict(row, status="corrupt", reason="does not match its recorded sha256 "
+                                           "(corrupt or changed)") for row in pending.corrupt] + pending.reselect)
         summary.skipped += pending.cached
         if pending.todo:
             model_sources.check_available(source)  # before anything heavy: an unreachable hub fails fast
@@ -230,8 +237,35 @@ def run_activations(
                 summary.models_loaded.append(source.name)
         if settings.prune:
             summary.pruned += prune_caches(source, save_path, log)
+    if settings.extract.ig_tolerance and "ig" in settings.extract.attribution:
+        summary.ig_over_tolerance = ig_over_tolerance(save_path, sources, good)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def ig_misses(row: dict[str, Any]) -> str | None:
+    """What a cache row says of targets whose integrated gradients stayed over the tolerance at the cap."""
+    ig = (row.get("explain") or {}).get("ig") or {}
+    over = ig.get("over_tolerance")
+    if not over:
+        return None
+    worst = max(entry["error"] for entry in over)
+    return (f"integrated gradients: {len(over)} target(s) over the {ig['tolerance']:.2%} tolerance at the "
+            f"{ig['max_steps']}-step cap (worst completeness error {worst:.2%}; raise --ig-max-steps or try "
+            f"another --ig-rule)")
+
+
+def ig_over_tolerance(save_path: Path, sources: Sequence[ModelSource], prompts: Sequence[Prompt]) -> list[str]:
+    """The prompts whose current cache has targets over the IG tolerance, as "file:line: what"."""
+    current = index.current_caches(index.latest(index.read_rows(save_path, warn=lambda message: None)).values())
+    found = []
+    for source in sources:
+        for prompt in prompts:
+            row = current.get((source.name, prompt_hash(source.model_id, prompt.text)))
+            message = ig_misses(row) if row else None
+            if message:
+                found.append(f"{prompt.source}: {source.name} {row['path']}: {message}")
+    return found
 
 
 def _run_model(
@@ -504,6 +538,8 @@ def _serialize_cache(
 
         explained = {"explain": explain.summary(arrays, settings)}
         meta = dict(meta, **explained)
+        missed = ig_misses(explained)
+        warnings = warnings + [missed] if missed else warnings
     data = serialize(CacheContents(meta, arrays), map_members)
     relpath = cache_relpath(source, hash_, settings)
     row = index.make_row(
@@ -580,7 +616,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input attribution to each prompt's target, comma-separated: grad_x_input, grad_norm, "
                         "ig (integrated gradients), or all; stored per target and source token (README: Explaining a "
                         "prediction)")
-    parser.add_argument("--ig-steps", type=int, default=64, help="integrated-gradients steps (default: %(default)s)")
+    parser.add_argument("--ig-steps", type=int, default=None, metavar="N",
+                        help=f"integrated-gradients steps: where --ig-tolerance starts (default {IG_START_STEPS}); "
+                        "given alone, N fixed steps (no doubling)")
+    parser.add_argument("--ig-tolerance", type=float, default=None, metavar="E",
+                        help=f"double the integrated-gradients steps per prompt and target until the completeness "
+                        f"error is at most E (default {IG_DEFAULT_TOLERANCE} = 1 %%; 0 = fixed steps); steps used are "
+                        "stored per target, targets still over E at the cap are named in the index row and summary")
+    parser.add_argument("--ig-max-steps", type=int, default=ExtractSettings.ig_max_steps, metavar="N",
+                        help="the cap of --ig-tolerance's doubling (default: %(default)s)")
     parser.add_argument("--ig-baseline", default="space",
                         help="where the integrated-gradients path starts: space (default: the ' ' token's embedding "
                         "at every position), zero, or pad; a leading BOS keeps its own embedding")
@@ -636,13 +680,26 @@ def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
             logit_lens=args.logit_lens or args.lens_trajectory or args.lens_resid_mid,
             max_tokens=args.max_tokens, dtype=args.dtype,
             attribution="grad_x_input,grad_norm,ig" if args.attribution.strip() == "all" else args.attribution,
-            ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
+            **ig_options(args.ig_steps, args.ig_tolerance), ig_max_steps=args.ig_max_steps,
+            ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
             logit_attribution=args.logit_attribution, lens_trajectory=args.lens_trajectory or args.lens_resid_mid,
             lens_resid_mid=args.lens_resid_mid, embedding_views=args.embedding_views,
         ),
         batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
         force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,
     )
+
+
+IG_START_STEPS = ExtractSettings.ig_steps
+IG_DEFAULT_TOLERANCE = 0.01
+
+
+def ig_options(steps: int | None, tolerance: float | None) -> dict[str, Any]:
+    """--ig-steps and --ig-tolerance as ExtractSettings fields: steps given alone stay fixed (as
+    before the tolerance existed); otherwise the steps double up to the tolerance (default 1 %)."""
+    if tolerance is None:
+        tolerance = 0.0 if steps is not None else IG_DEFAULT_TOLERANCE
+    return {"ig_steps": IG_START_STEPS if steps is None else steps, "ig_tolerance": tolerance}
 
 
 def neuron_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -683,6 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f"; {summary.seconds:.1f} s; index: {index.index_path(args.save_path)}",
         file=sys.stderr,
     )
+    for line in summary.ig_over_tolerance:
+        print(f"warning: {line}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

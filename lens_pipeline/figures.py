@@ -49,6 +49,7 @@ from lens_pipeline.draw import interactive
 from lens_pipeline.draw.registry import REGISTRY, FigureSpec, SkipFigure
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import Cache, CacheError, remove_orphan_temp_files, write_atomic
+from lens_pipeline.store.integrity import ContentCheck
 
 
 class FigureParamError(ValueError):
@@ -111,14 +112,25 @@ class FiguresSummary:
     skipped: int = 0  # already up to date
     failed: int = 0
     stale: int = 0
+    not_applicable: dict[str, int] = field(default_factory=dict)  # reason -> figures it kept from being drawn
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     current: list[dict[str, Any]] = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
+    def not_applicable_lines(self, most: int = 3) -> list[str]:
+        """Why planned figures were not drawn (their function raised SkipFigure), the commonest first."""
+        ranked = sorted(self.not_applicable.items(), key=lambda item: (-item[1], item[0]))
+        lines = [f"{count} not applicable: {reason}" for reason, count in ranked[:most]]
+        if len(ranked) > most:
+            lines.append(f"... and {sum(count for _, count in ranked[most:])} more for {len(ranked) - most} other "
+                         f"reason(s) (rows with status skipped in the index)")
+        return lines
+
     def __repr__(self) -> str:
         errors = [row for row in self.rows if row["status"] == "error"]
         text = (f"FiguresSummary({self.written} written, {self.skipped} already up to date, {self.failed} failed, "
-                f"{self.stale} marked stale; {self.seconds:.1f} s)")
+                f"{self.stale} marked stale, {sum(self.not_applicable.values())} not applicable; {self.seconds:.1f} s)")
+        text += "".join(f"\n  {line}" for line in self.not_applicable_lines())
         for row in errors[:3]:
             text += f"\n  error: {row['function']} on {row.get('prompt_hash', '')[:8]}: {row['error']}"
         return text + (f"\n  ... and {len(errors) - 3} more errors (see .rows)" if len(errors) > 3 else "")
@@ -319,12 +331,24 @@ def render(obj: Any, fmt: str, close: bool = True) -> bytes:
     raise TypeError(f"cannot write a {type(obj).__name__} as {fmt}; return bytes, str, dict, a PIL image or a matplotlib figure")
 
 
+def is_file_dict(spec: FigureSpec, result: Any) -> bool:
+    """Whether a return value is several files: a dict keyed by declared formats or by file names
+    ending in one ("L03.png"). A one-format figure may return one (a page per layer); a JSON
+    figure's dict of data has other keys and is its content."""
+    return isinstance(result, dict) and bool(result) and all(
+        isinstance(key, str) and (key in spec.formats or ("." in key and key.rsplit(".", 1)[1] in spec.formats))
+        for key in result)
+
+
 def _outputs(spec: FigureSpec, result: Any) -> dict[str, Any]:
     """Normalise a return value to {key: object}, key a format or a file name."""
-    if len(spec.formats) > 1:
-        if not isinstance(result, dict):
-            raise TypeError(f"{spec.name} declares formats {spec.formats}: return a dict of files")
+    if is_file_dict(spec, result):
         return result
+    if isinstance(result, dict) and not result and spec.formats != ("json",):  # e.g. a page per layer, and no layer applies
+        raise SkipFigure("the figure function returned no files")
+    if len(spec.formats) > 1:
+        raise TypeError(f"{spec.name} declares formats {spec.formats}: return a dict of files keyed by format "
+                        f"or file name, not a {type(result).__name__}")
     return {spec.formats[0]: result}
 
 
@@ -485,6 +509,7 @@ class FigurePlan:
     stale: list[dict[str, Any]] = field(default_factory=list)
     up_to_date: list[dict[str, Any]] = field(default_factory=list)  # recorded rows that need no redraw
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # current caches not holding their recorded bytes
     planned: set[index.Key] = field(default_factory=set)  # the figure keys this run draws
 
     @property
@@ -528,13 +553,17 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
     """Decide what to draw from the index (and each cache's meta.json); draws and writes nothing."""
     plan = FigurePlan()
     current = index.current_caches(newest.values())
-    present = {key: row for key, row in current.items() if index.is_complete(row, save_path)}
+    check = ContentCheck(save_path)
+    present = {key: row for key, row in current.items() if check.holds(row)}
+    check.save()
     selected = lambda row: ((not settings.models or row["model"] in settings.models)  # noqa: E731
                             and (not settings.prompts or any(row["prompt_hash"].startswith(p) for p in settings.prompts)))
     caches = [row for row in present.values() if selected(row)]
-    # A cache file that is there but of another size (truncated): its figures are recorded as errors naming it.
+    # A cache file that is there but not with its recorded bytes (truncated, flipped): every figure of it
+    # is redrawn, which records an error naming the file, and the model's figures leave it out.
     damaged = [row for key, row in current.items() if key not in present and selected(row)
                and (save_path / row["path"]).is_file()]
+    plan.damaged = damaged
     figures = {key: row for key, row in newest.items() if row["kind"] == "figure"}
     per_prompt = [s for s in specs if s.scope != "model"]
     shapes: dict[str, Any] = {}  # cache path -> its meta (layers, heads); read from the file only
@@ -554,7 +583,8 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
             params = effective_params(spec, settings.params)
             for task in _tasks_for(spec, shape, settings.layers, settings.heads) if shape else [Task(spec.name)]:
                 key = ("figure", cache_row["model"], cache_row["prompt_hash"], task.function, task.layer, task.head, "")
-                if _to_draw(plan, figures.get(key), key, spec, params, cache_row.get("sha256"), save_path, settings):
+                recorded = None if cache_row in damaged else figures.get(key)
+                if _to_draw(plan, recorded, key, spec, params, cache_row.get("sha256"), save_path, settings):
                     jobs.append((task, params))
         if jobs:
             plan.prompts.append((cache_row, jobs))
@@ -569,13 +599,16 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
                 todo.append((spec, params))
         if todo:
             plan.models.append((model, rows, fingerprint, todo))
-    plan.stale = stale_rows(figures, present, plan.planned)
+    plan.stale = stale_rows(figures, present, plan.planned, {(r["model"], r["prompt_hash"]): r for r in damaged})
     return plan
 
 
 def stale_rows(figures: dict[index.Key, dict[str, Any]], current: dict[tuple[str, str], dict[str, Any]],
-               planned: set[index.Key]) -> list[dict[str, Any]]:
-    """Rows marking as stale each ok figure (not redrawn now) whose cache is gone or no longer current."""
+               planned: set[index.Key], damaged: dict[tuple[str, str], dict[str, Any]] | None = None,
+               ) -> list[dict[str, Any]]:
+    """Rows marking as stale each ok figure (not redrawn now) whose cache is gone, damaged (known to the
+    figures stage, which checks content) or no longer current."""
+    damaged = damaged or {}
     by_model: dict[str, list[dict[str, Any]]] = {}
     for row in current.values():
         by_model.setdefault(row["model"], []).append(row)
@@ -586,7 +619,10 @@ def stale_rows(figures: dict[index.Key, dict[str, Any]], current: dict[tuple[str
         model, prompt_hash = row.get("model", ""), row.get("prompt_hash", "")
         if prompt_hash:
             cache = current.get((model, prompt_hash))
-            if cache is None:
+            if (model, prompt_hash) in damaged:
+                reason = (f"its cache {damaged[model, prompt_hash]['path']} does not hold its recorded bytes "
+                          f"(corrupt or changed); rerun the activations stage")
+            elif cache is None:
                 reason = "its cache is gone (file deleted, pruned or failed); rerun the activations stage"
             elif row.get("cache_sha256") != cache.get("sha256"):
                 reason = f"drawn from another cache than the current one ({cache['path']}); rerun figures to redraw"
@@ -638,6 +674,9 @@ class Recorder:
                 tqdm.write(f"error: {self.describe(row)}: {row['error']}", file=sys.stderr)
             elif row["status"] == "ok":
                 self.summary.written += 1
+            elif row["status"] == "skipped":
+                reason = f"{row['function']}: {row.get('reason', '')}"
+                self.summary.not_applicable[reason] = self.summary.not_applicable.get(reason, 0) + 1
         self.bar.update(len(rows))
 
     def close(self) -> None:
@@ -689,11 +728,18 @@ def _draw_shard(
 def draw_models(save_path: Path, plan: FigurePlan, options: DrawOptions) -> Iterator[list[dict[str, Any]]]:
     """Model-scope figures (comparisons across a model's prompts), after the prompts."""
     for model, rows, fingerprint, todo in plan.models:
+        left_out = [row["path"] for row in plan.damaged if row["model"] == model]
+        warning = (f"left out {len(left_out)} cache(s) that do not hold their recorded bytes (corrupt or changed; "
+                   f"rerun the activations stage): {', '.join(left_out)}") if left_out else None
         opened = [Cache(save_path / row["path"]) for row in rows]
         try:
             for spec, params in todo:
                 source = DrawInput(model, "", fingerprint, None)
-                yield [draw(spec, opened, Task(spec.name), params, save_path, source, options)]
+                row = draw(spec, opened, Task(spec.name), params, save_path, source, options)
+                if warning and row["status"] == "ok":
+                    row["warnings"] = [warning]
+                    tqdm.write(f"warning: {spec.name} on {model}: {warning}", file=sys.stderr)
+                yield [row]
         finally:
             for cache in opened:
                 cache.close()
@@ -720,6 +766,7 @@ def run_figures(save_path: str | Path = "attn_data", settings: FiguresSettings |
     specs = select_figures(settings.figures)
     check_params(specs, settings.params)
     remove_orphan_temp_files(save_path / "figures")
+    index.repair(save_path)
     newest = index.latest(index.read_rows(save_path))
     plan = plan_figures(save_path, specs, settings, newest)
     texts = {(r["model"], r["prompt_hash"]): r.get("text", "") for r in index.current_caches(newest.values()).values()}
@@ -884,8 +931,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     rate = summary.written / summary.seconds if summary.seconds else 0.0
     stale = f", {summary.stale} marked stale" if summary.stale else ""
+    not_applicable = sum(summary.not_applicable.values())
     print(f"done: {summary.written} figure(s) written ({rate:.0f}/s), {summary.skipped} already done, "
-          f"{summary.failed} failed{stale}; {summary.seconds:.1f} s", file=sys.stderr)
+          f"{summary.failed} failed{stale}" + (f", {not_applicable} not applicable" if not_applicable else "")
+          + f"; {summary.seconds:.1f} s", file=sys.stderr)
+    for line in summary.not_applicable_lines():
+        print(f"  {line}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

@@ -306,7 +306,7 @@ def test_truncated_and_flipped_caches_are_reported_and_recomputed(tmp_path: Path
     summary = run_activations(MODEL, prompts, save, random_weights=True, batch_size=BATCH, progress=False, log=messages.append)
     warnings = [m for m in messages if m.startswith("warning:") and "sha256" in m]
     assert sorted(warnings) == sorted(f"warning: {save / path} does not match its recorded sha256 (corrupt or "
-                                      f"changed); recomputing" for path in bad.values())
+                                      f"changed); marked corrupt in the index and not used" for path in bad.values())
     assert (summary.written, summary.skipped) == (2, len(TEXTS) - 2)
     newest = index.latest(index.read_rows(save))
     for path in bad.values():
@@ -350,15 +350,23 @@ def test_torn_and_garbage_lines_in_the_middle_of_the_index(tmp_path: Path, promp
     assert [line for line in capsys.readouterr().err.splitlines() if "index.jsonl:" in line] == [
         f"warning: {save}/index.jsonl:{n}: {w.split(': ', 1)[1]}" for n, w in zip(sorted(garbage), warnings)]
 
-    # Rows after the garbage still count: nothing is recomputed or redrawn, nothing appended.
-    summary = run_activations(MODEL, prompts, save, random_weights=True, batch_size=BATCH, progress=False)
-    assert (summary.written, summary.skipped, summary.models_loaded) == (0, len(TEXTS), [])
-    drawn = draw_all(save)
-    assert (drawn.written, drawn.failed, drawn.skipped) == (0, 0, len(TEXTS) * 12)
-    assert index.index_path(save).read_bytes() == damaged
-    view = LiveIndex(save).view()
+    view = LiveIndex(save).view()  # the viewer only reads: it skips them
     assert view.bad_lines == len(garbage)
     assert len(view.caches) == len(TEXTS) and len(view.figures) == len(TEXTS) * 12
+
+    # Rows after the garbage still count: nothing is recomputed or redrawn. The stage takes the
+    # lines that are not rows out of the index (into index.jsonl.torn), so strict readers can read it.
+    messages: list[str] = []
+    summary = run_activations(MODEL, prompts, save, random_weights=True, batch_size=BATCH, progress=False,
+                              log=messages.append)
+    assert (summary.written, summary.skipped, summary.models_loaded) == (0, len(TEXTS), [])
+    assert [m.split(": ")[1] for m in messages if "took out" in m] == [f"{save}/index.jsonl:{n}" for n in sorted(garbage)]
+    assert index.index_path(save).read_bytes() == index.index_path(clean["figures"]).read_bytes()
+    assert (save / index.TORN_NAME).read_bytes() == b"".join(garbage[n] + b"\n" for n in sorted(garbage))
+    assert len(damaged) == len(index.index_path(save).read_bytes()) + len((save / index.TORN_NAME).read_bytes())
+    drawn = draw_all(save)
+    assert (drawn.written, drawn.failed, drawn.skipped) == (0, 0, len(TEXTS) * 12)
+    assert LiveIndex(save).view().bad_lines == 0
 
 
 # --------------------------------------------------------------------------- concurrent runs

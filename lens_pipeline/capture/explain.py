@@ -87,6 +87,11 @@ def check_settings(settings: ExtractSettings) -> None:
             raise ModelLoadError(f"--ig-baseline {settings.ig_baseline!r}: choose from {', '.join(IG_BASELINES)}")
         if settings.ig_steps < (1 if settings.ig_rule == "gausslegendre" else 2):
             raise ModelLoadError(f"--ig-steps {settings.ig_steps}: too few for the {settings.ig_rule} rule")
+        if not 0 <= settings.ig_tolerance < 1:
+            raise ModelLoadError(f"--ig-tolerance {settings.ig_tolerance}: a fraction from 0 (fixed steps) below 1, "
+                                 f"e.g. 0.01 for 1 %")
+        if settings.ig_tolerance > 0 and settings.ig_max_steps < settings.ig_steps:
+            raise ModelLoadError(f"--ig-max-steps {settings.ig_max_steps}: below --ig-steps {settings.ig_steps}")
 
 
 def check_model(model: LoadedModel, settings: ExtractSettings) -> None:
@@ -415,18 +420,18 @@ def _shared_gradients(kept: _Kept, targets: BatchTargets | None, methods: Sequen
 
 def _gradient_pass(
     model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-    embeddings: torch.Tensor, targets: BatchTargets,
+    embeddings: torch.Tensor, targets: BatchTargets, wanted: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Forward copies of prompts `rows` with their token embeddings replaced by `embeddings`, up to the
     final norm (the unembedding is not needed: f reads only the target rows of it); then, per target
-    column, (g, gradient w.r.t. those embeddings)."""
+    column (those with a `wanted` row; default: a valid one), (g, gradient w.r.t. those embeddings)."""
     leaf = embeddings.detach().requires_grad_(True)
     with torch.enable_grad():
         normalized = run_to_final_norm(model.bridge, input_ids[rows], attention_mask[rows],
                                        [("hook_embed", lambda value, hook: leaf)])
         values = targets.from_normalized(normalized, rows)
         del normalized
-    yield from _each_target(values, targets.valid[rows], leaf)
+    yield from _each_target(values, targets.valid[rows] if wanted is None else wanted, leaf)
 
 
 def _values_at(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
@@ -498,32 +503,66 @@ def _integrated_gradients(
     model: LoadedModel, settings: ExtractSettings, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     kept: _Kept, targets: BatchTargets | None, values: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """IG of every target: steps x (one forward + one backward per target column), in passes of
-    (prompt, alpha) rows that fit; f at the baseline for the completeness error."""
+    """IG of every target at `ig_steps`; with `ig_tolerance` > 0 the targets whose completeness
+    error is above it are integrated again at twice the steps, until it holds or `ig_max_steps`
+    is reached (each target keeps its last estimate and the steps it used)."""
     assert targets is not None and kept.embed is not None
     embed = kept.embed
     baseline = ig_baseline(model, settings.ig_baseline, input_ids, embed)
     delta = embed - baseline
-    alphas, weights = integration_rule(settings.ig_rule, settings.ig_steps)
-    pairs = [(row, step) for row in range(embed.shape[0]) for step in range(len(alphas))]
-    attribution = torch.zeros((*targets.positions.shape, embed.shape[1]), dtype=torch.float32, device=embed.device)
     chunk = _rows_that_fit(model, input_ids.shape[1])
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start : start + chunk]
-        rows = torch.tensor([row for row, _ in part], device=embed.device)
-        alpha = torch.tensor([alphas[s] for _, s in part], dtype=embed.dtype, device=embed.device)[:, None, None]
-        weight = torch.tensor([weights[s] for _, s in part], dtype=torch.float32, device=embed.device)[:, None]
-        points = baseline[rows] + alpha * delta[rows]
-        for g, grad in _gradient_pass(model, input_ids, attention_mask, rows, points, targets):
-            step = (grad * delta[rows].float()).sum(-1) * weight  # [rows, T]
-            attribution[:, g].index_add_(0, rows, step)
     at_baseline = torch.cat([
         _values_at(model, input_ids, attention_mask, rows, baseline[rows], targets)
         for rows in torch.arange(embed.shape[0], device=embed.device).split(chunk)
     ])
     change = values - at_baseline
-    error = (attribution.sum(-1) - change).abs() / change.abs()
-    return {"attr_ig": attribution, "ig_baseline_values": at_baseline, "ig_completeness": error}
+    attribution = torch.zeros((*targets.positions.shape, embed.shape[1]), dtype=torch.float32, device=embed.device)
+    error = torch.zeros(targets.positions.shape, dtype=torch.float32, device=embed.device)
+    steps_used = torch.zeros(targets.positions.shape, dtype=torch.int32, device=embed.device)
+    pending = torch.ones_like(targets.valid)  # the first pass integrates every row, as a fixed-step run does
+    steps = settings.ig_steps
+    while True:
+        rows = pending.any(1).nonzero()[:, 0]
+        part = _ig_pass(model, settings.ig_rule, steps, input_ids, attention_mask, rows, baseline, delta, targets,
+                        pending[rows] & targets.valid[rows], chunk)
+        part_error = (part.sum(-1) - change[rows]).abs() / change[rows].abs()
+        update = pending[rows]
+        attribution[rows] = torch.where(update[..., None], part, attribution[rows])
+        error[rows] = torch.where(update, part_error, error[rows])
+        steps_used[rows] = torch.where(update, steps, steps_used[rows])
+        # NaN: f(x) = f(baseline), nothing to integrate; a target over the tolerance goes round again.
+        pending = pending & targets.valid & (error > settings.ig_tolerance)
+        if settings.ig_tolerance <= 0 or steps * 2 > settings.ig_max_steps or not bool(pending.any()):
+            break
+        steps *= 2
+    out = {"attr_ig": attribution, "ig_baseline_values": at_baseline, "ig_completeness": error}
+    if settings.ig_tolerance > 0:
+        out["ig_steps_used"] = steps_used
+    return out
+
+
+def _ig_pass(
+    model: LoadedModel, rule: str, steps: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    rows: torch.Tensor, baseline: torch.Tensor, delta: torch.Tensor, targets: BatchTargets, wanted: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """[len(rows), G, T] IG of prompts `rows` at `steps` of `rule`: steps x (one forward + one backward
+    per wanted target column), in passes of (prompt, alpha) rows that fit."""
+    alphas, weights = integration_rule(rule, steps)
+    pairs = [(i, step) for i in range(len(rows)) for step in range(len(alphas))]
+    attribution = torch.zeros((len(rows), targets.positions.shape[1], delta.shape[1]), dtype=torch.float32,
+                              device=delta.device)
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        local = torch.tensor([i for i, _ in part], device=delta.device)
+        prompts = rows[local]
+        alpha = torch.tensor([alphas[s] for _, s in part], dtype=delta.dtype, device=delta.device)[:, None, None]
+        weight = torch.tensor([weights[s] for _, s in part], dtype=torch.float32, device=delta.device)[:, None]
+        points = baseline[prompts] + alpha * delta[prompts]
+        for g, grad in _gradient_pass(model, input_ids, attention_mask, prompts, points, targets, wanted[local]):
+            step = (grad * delta[prompts].float()).sum(-1) * weight  # [pass rows, T]
+            attribution[:, g].index_add_(0, local, step)
+    return attribution
 
 
 # --------------------------------------------------------------------------- direct logit attribution
@@ -667,6 +706,8 @@ def prompt_arrays(
         if "ig" in settings.attribution:
             arrays["ig_baseline_values"] = host["ig_baseline_values"][row, :count]
             arrays["ig_completeness"] = host["ig_completeness"][row, :count]
+            if "ig_steps_used" in host:
+                arrays["ig_steps_used"] = host["ig_steps_used"][row, :count]
         if settings.logit_attribution:
             for name in ("logit_attr_heads", "logit_attr_mlp", "logit_attr_embed", "logit_attr_bias"):
                 arrays[name] = host[name][row, :count]
@@ -697,4 +738,10 @@ def summary(arrays: dict[str, np.ndarray], settings: ExtractSettings) -> dict[st
         info["ig"] = {"baseline": settings.ig_baseline, "steps": settings.ig_steps, "rule": settings.ig_rule,
                       "completeness_error_max": float(np.nanmax(errors)),
                       "completeness_error_median": float(np.nanmedian(errors))}
+        if "ig_steps_used" in arrays:
+            over = np.flatnonzero(errors > settings.ig_tolerance)  # NaN (f(x) = f(baseline)) is not over
+            info["ig"].update(tolerance=settings.ig_tolerance, max_steps=settings.ig_max_steps,
+                              steps_used_max=int(arrays["ig_steps_used"].max()),
+                              over_tolerance=[{"target": int(g), "position": int(arrays["target_positions"][g]),
+                                               "error": float(errors[g])} for g in over])
     return info

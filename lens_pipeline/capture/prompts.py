@@ -81,21 +81,45 @@ def _record_problem(record: dict[str, Any]) -> str | None:
     return target_problem(record)
 
 
+def _decoded_lines(path: Path, data: bytes) -> tuple[list[str | None], list[PromptError]]:
+    """The file's lines (split at newlines only: a JSON string may hold U+2028), each decoded on its
+    own, so one line that is not UTF-8 is a bad line (None here) and not a bad file."""
+    lines: list[str | None] = []
+    errors: list[PromptError] = []
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    for number, raw in enumerate(raw_lines, start=1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark some editors write
+            raw = raw[3:]
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            lines.append(None)
+            errors.append(PromptError(f"{path}:{number}", f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at "
+                                                          f"column {error.start + 1}); save the file as UTF-8"))
+    return lines, errors
+
+
 def read_prompts(path: str | os.PathLike[str]) -> tuple[list[Prompt], list[PromptError]]:
     """All good prompts and one error per bad line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PromptFileError(f"{path}: no such prompt file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise PromptFileError(f"{path}: cannot read prompts ({error})") from None
-    first = next((line for line in lines if line.strip()), "")
+    except OSError as error:
+        raise PromptFileError(f"{path}: cannot read prompts ({error.strerror or error})") from None
+    lines, errors = _decoded_lines(path, data)
+    first = next((line for line in lines if line and line.strip()), "")
     jsonl = _is_jsonl(path, first)
     prompts: list[Prompt] = []
-    errors: list[PromptError] = []
     for number, line in enumerate(lines, start=1):
         source = f"{path}:{number}"
+        if line is None:  # not UTF-8: reported by _decoded_lines
+            continue
         if not line.strip():
             if jsonl:  # a blank line in JSONL is harmless but worth a word
                 errors.append(PromptError(source, "empty line"))
@@ -117,6 +141,7 @@ def read_prompts(path: str | os.PathLike[str]) -> tuple[list[Prompt], list[Promp
             continue
         metadata = {key: value for key, value in record.items() if key != "text"}
         prompts.append(Prompt(record["text"], source, metadata))
+    errors.sort(key=lambda error: int(error.source.rsplit(":", 1)[1]))  # in file order
     prompts, errors = check_groups(prompts, errors)
     if not prompts:
         detail = f"; first problem: {errors[0]}" if errors else ""

@@ -51,11 +51,14 @@ SETTING_LABELS = {  # cache settings (ExtractSettings), in the order they are sh
     "ig_steps": "IG steps",
     "ig_baseline": "IG baseline",
     "ig_rule": "IG rule",
+    "ig_tolerance": "IG tolerance",
+    "ig_max_steps": "IG max steps",
     "logit_attribution": "logit attribution",
     "lens_trajectory": "lens trajectory",
     "lens_resid_mid": "lens after attention",
 }
-IG_SETTINGS = ("ig_steps", "ig_baseline", "ig_rule")  # shown only when integrated gradients were computed
+# Shown only when integrated gradients were computed.
+IG_SETTINGS = ("ig_steps", "ig_baseline", "ig_rule", "ig_tolerance", "ig_max_steps")
 
 
 def _breaks_shown(token: Any) -> str:

@@ -111,6 +111,9 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("ig_baseline_values", "float32", "[G]", "attribution", "f at the integrated-gradients baseline"),
     ArraySpec("ig_completeness", "float32", "[G]", "attribution",
               "completeness error: abs(Σ attr_ig - (f(x) - f(baseline))) / abs(f(x) - f(baseline))"),
+    ArraySpec("ig_steps_used", "int32", "[G]", "ig_tolerance",
+              "the integrated-gradients steps each target's `attr_ig` used (doubled from `ig_steps` until the "
+              "completeness error is at most `ig_tolerance`, or `ig_max_steps`)"),
     ArraySpec("logit_attr_heads", "float32", "[G, L, H]", "logit_attribution",
               "direct logit attribution of f to each attention head (final norm's scale frozen at its actual value)"),
     ArraySpec("logit_attr_mlp", "float32", "[G, L]", "logit_attribution", "… to each MLP"),
@@ -145,6 +148,7 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
 SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`", "top_k": "`--top-k`",
                  "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`",
                  "targets": "`--attribution` or `--logit-attribution`", "attribution": "`--attribution`",
+                 "ig_tolerance": "`--attribution ig` with `--ig-tolerance`",
                  "logit_attribution": "`--logit-attribution`", "lens_trajectory": "`--lens-trajectory`",
                  "embedding_views": "`--embedding-views`"}
 
@@ -196,6 +200,8 @@ class ExtractSettings:
     ig_steps: int = 64
     ig_baseline: str = "space"  # what each token's embedding starts from (explain.IG_BASELINES)
     ig_rule: str = "gausslegendre"  # the integration rule, named as Captum names it
+    ig_tolerance: float = 0.0  # > 0: steps doubled per target until the completeness error is at most this
+    ig_max_steps: int = 1024  # ... or the steps reach this cap
     logit_attribution: bool = False  # direct logit attribution to embeddings, heads, MLPs
     lens_trajectory: bool = False  # top-5, actual token's probability and rank, entropy, KL per layer
     lens_resid_mid: bool = False  # the lens trajectory after each attention too
@@ -227,6 +233,9 @@ class ExtractSettings:
             values["neuron_ids"] = [list(row) for row in self.neuron_ids]
         if not self.embedding_views:  # off: caches made before it existed keep their settings_id
             values.pop("embedding_views")
+        if not self.ig_tolerance:  # fixed steps, as before the tolerance existed: the same settings_id
+            values.pop("ig_tolerance", None)
+            values.pop("ig_max_steps", None)
         return values
 
     @property
@@ -262,8 +271,8 @@ class ExtractSettings:
                 and (other.logit_lens or not self.logit_lens) and (other.embedding_views or not self.embedding_views))
 
 
-EXPLAIN_FIELDS = ("attribution", "ig_steps", "ig_baseline", "ig_rule", "logit_attribution", "lens_trajectory",
-                  "lens_resid_mid")
+EXPLAIN_FIELDS = ("attribution", "ig_steps", "ig_baseline", "ig_rule", "ig_tolerance", "ig_max_steps",
+                  "logit_attribution", "lens_trajectory", "lens_resid_mid")
 NEURON_BASIS_FIELDS = ("neuron_basis", "neuron_ids")
 _DEFAULT_VALUES = {f.name: f.default for f in dataclasses.fields(ExtractSettings)} | {"attribution": []}
 
@@ -491,8 +500,8 @@ class Cache:
                 if not self.meta.get("lm_head", self.meta.get("causal", True)):
                     reasons.append(f"needs {CAPABILITIES['lm_head']}; {self.model} has none")
             elif not (need in self.meta["arrays"] or any(array_family(m) == need for m in self.meta["arrays"])):
-                setting = ARRAYS[need].setting if need in ARRAYS else "?"
-                reasons.append(f"needs the cache array {need}, which the activations setting {setting} makes; "
+                flag = SETTING_FLAGS[ARRAYS[need].setting].replace("`", "") if need in ARRAYS else "?"
+                reasons.append(f"needs the cache array {need}, which the activations stage makes with {flag}; "
                                f"this cache was made without it")
         return reasons
 

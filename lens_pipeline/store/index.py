@@ -11,8 +11,9 @@ settings live side by side, and `current_caches()` names the newest for each (mo
 
 Row fields: kind ("cache" | "figure" | "model_card": one per model, see capture/model_card.py),
 model, prompt_hash, layer, head, function, path (relative to the save path), files (every file of
-a multi-file figure), format, bytes, sha256, status ("ok" | "error" | "skipped" | "stale"), error
-and traceback (errors), reason (skipped, stale), warnings, params, created (UTC ISO time),
+a multi-file figure), format, bytes, sha256, status ("ok" | "error" | "skipped" | "stale"; caches also
+"corrupt": the file no longer holds its recorded bytes, and "removed" by --prune), error
+and traceback (errors), reason (skipped, stale, corrupt), warnings, params, created (UTC ISO time),
 tool_version.
 """
 
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Iterator
 from lens_pipeline import __version__
 
 INDEX_NAME = "index.jsonl"
+TORN_NAME = INDEX_NAME + ".torn"  # lines taken out of the index by repair(): kept, not lost
 Key = tuple[str, str, str, str, Any, Any, str]
 VOLATILE_FIELDS = ("created", "seconds", "tool_version")  # differ between two runs of the same work
 ROW_KINDS = ("cache", "figure", "model_card")  # readers pick the kinds they use by name
@@ -158,21 +160,78 @@ def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]
         raise IndexWriteError(error.errno, f"cannot append to {path}: {error.strerror or error}") from error
 
 
+def parse_row(line: bytes) -> dict[str, Any]:
+    """One line as a row; ValueError or TypeError when it is not one."""
+    row = json.loads(line)
+    if not isinstance(row, dict) or row.get("kind") not in ROW_KINDS:
+        raise ValueError("not an index row")
+    hash(row_key(row))  # key fields must be hashable (a list where a layer belongs is not)
+    return row
+
+
 def parse_lines(chunk: bytes, warn: Any, first_line: int) -> Iterator[dict[str, Any]]:
     """Rows of a run of complete lines; a line that is not a row is reported to `warn`."""
     for number, line in enumerate(chunk.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or row.get("kind") not in ROW_KINDS:
-                raise ValueError("not an index row")
-            hash(row_key(row))  # key fields must be hashable (a list where a layer belongs is not)
+            row = parse_row(line)
         except (ValueError, TypeError) as error:
             if warn:
                 warn(f"{line_label(number)}: skipped a line that is not an index row ({error})")
             continue
         yield row
+
+
+def _stderr_warning(path: Path) -> Any:
+    return lambda message: print(f"warning: {path.parent}/{message}", file=sys.stderr)
+
+
+def repair(save_path: str | os.PathLike[str], warn: Any = None) -> int:
+    """Take out of the index every line that is not a row (a writer killed mid-append tears its last
+    line), so strict JSONL readers can read it: under the writers' lock, the lines go to
+    `index.jsonl.torn` and the index is rewritten without them (temp file + rename). Each is reported
+    to `warn` (default: stderr) by its line number. Returns how many were taken out; a save path that
+    cannot be written is left as it is, with one warning (readers skip such lines anyway)."""
+    path = index_path(save_path)
+    if not path.exists():
+        return 0
+    warn = warn or _stderr_warning(path)
+    torn: list[tuple[int, bytes, str]] = []
+    try:
+        with _locked(path):
+            kept = []
+            for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    parse_row(line)
+                    kept.append(line + b"\n")
+                except (ValueError, TypeError) as error:
+                    torn.append((number, line, str(error)))
+            if not torn:
+                return 0
+            with open(path.with_name(TORN_NAME), "ab") as quarantine:
+                quarantine.write(b"".join(line + b"\n" for _, line, _ in torn))
+                quarantine.flush()
+                os.fsync(quarantine.fileno())
+            temp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(b"".join(kept))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            finally:
+                temp.unlink(missing_ok=True)
+            _TAILS.pop(path.resolve(), None)
+    except OSError as error:
+        warn(f"{INDEX_NAME}: cannot take out lines that are not rows ({error.strerror or error}); readers skip them")
+        return 0
+    for number, _, reason in torn:
+        warn(f"{line_label(number)}: took out a line that is not an index row ({reason}; a torn write?); "
+             f"kept in {TORN_NAME}")
+    return len(torn)
 
 
 def line_label(number: int) -> str:
@@ -185,8 +244,7 @@ def read_rows(save_path: str | os.PathLike[str], warn: Any = None) -> list[dict[
     path = index_path(save_path)
     if not path.exists():
         return []
-    if warn is None:
-        warn = lambda message: print(f"warning: {path.parent}/{message}", file=sys.stderr)  # noqa: E731
+    warn = warn or _stderr_warning(path)
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1  # past the last newline: a row still being written
     return list(parse_lines(data[:end], warn, 1))

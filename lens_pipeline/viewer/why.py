@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.builtins.explain import ig_steps
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.params import ApiError
 
@@ -51,7 +52,7 @@ def _attributions(cache: Cache, index: int, position: int) -> list[dict[str, Any
                  **_colored(values, scale, signed)}
         if name == "attr_ig":
             settings = cache.meta.get("settings", {})
-            entry["note"] = (f"{settings.get('ig_steps', '?')} steps from the {settings.get('ig_baseline', '?')} baseline "
+            entry["note"] = (f"{ig_steps(cache, index)} steps from the {settings.get('ig_baseline', '?')} baseline "
                              f"({settings.get('ig_rule', '?')}); completeness error "
                              f"{float(cache.array('ig_completeness')[index]):.2%}")
         out.append(entry)

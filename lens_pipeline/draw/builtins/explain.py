@@ -74,10 +74,17 @@ def _target(cache: Cache, index: int) -> Target:
                   float(cache.array("target_values")[index]))
 
 
+def ig_steps(cache: Cache, index: int) -> str:
+    """The integrated-gradients steps target `index` used: its own under --ig-tolerance, else the setting."""
+    if cache.has("ig_steps_used"):
+        return str(int(cache.array("ig_steps_used")[index]))
+    return str(cache.meta.get("settings", {}).get("ig_steps", "?"))
+
+
 def _ig_note(cache: Cache, index: int) -> str:
     settings = cache.meta.get("settings", {})
     error = float(cache.array("ig_completeness")[index])
-    return (f"{settings.get('ig_steps', '?')} steps, {settings.get('ig_baseline', '?')} baseline, "
+    return (f"{ig_steps(cache, index)} steps, {settings.get('ig_baseline', '?')} baseline, "
             f"{settings.get('ig_rule', '?')}; completeness error {error:.1%}")
 
 
