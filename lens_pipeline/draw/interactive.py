@@ -12,7 +12,7 @@ the viewer know before the first draw (the stage records that view for any Plotl
         figure = plotly.graph_objects.Figure(plotly.graph_objects.Scatter(y=cache.resid_norms[-1]))
         return figure                          # or Interactive(figure, links=[...]) (see Interactive)
 
-The figures stage (`lens_pipeline.figures.draw`) turns it into a page with `page_bytes`:
+The figures stage (`lens_pipeline.figures.call.draw`) turns it into a page with `page_bytes`:
 
 - the figure travels as JSON in a `<script type="application/json">` data block, never as code;
 - the page loads two scripts by relative path, never from a network: Plotly's own `plotly.min.js`

@@ -4,7 +4,7 @@ kept as an immutable snapshot per version with memoised filter results.
 The rules are the stages' own: the newest row per output, in the order those rows were appended
 (`index.latest`); the current cache of a (model, prompt) is its newest ok cache row, whatever its
 settings (`index.current_caches`); a figure drawn from another cache than the current one, or
-whose cache is gone, is stale (`figures.stale_rows`), shown so before a figures run records it."""
+whose cache is gone, is stale (`lens_pipeline.figures.plan.stale_rows`), shown so before a figures run records it."""
 
 from __future__ import annotations
 
