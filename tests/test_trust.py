@@ -273,3 +273,13 @@ def test_the_figures_summary_says_why_planned_figures_were_not_drawn(tmp_path: P
     assert ("  4 not applicable: saliency_tokens: needs the cache array target_ids, which the activations stage "
             "makes with --attribution or --logit-attribution; this cache was made without it"
             ) in done.stderr.splitlines(), done.stderr
+
+
+def test_without_integrated_gradients_the_tolerance_changes_no_setting() -> None:
+    from lens_pipeline.activations import build_parser, settings_from_args
+
+    for argv in ([], ["--attribution", "grad_x_input"], ["--logit-attribution"]):
+        extract = settings_from_args(build_parser().parse_args(argv)).extract
+        assert extract.ig_tolerance == 0 and extract.settings_id == ExtractSettings(
+            attribution=extract.attribution, logit_attribution=extract.logit_attribution).settings_id
+    assert settings_from_args(build_parser().parse_args([])).extract.settings_id == "53b023a6"  # as before the tolerance

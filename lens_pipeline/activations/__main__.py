@@ -1,0 +1,7 @@
+"""`python -m lens_pipeline.activations`."""
+
+import sys
+
+from lens_pipeline.activations.cli import main
+
+sys.exit(main())
