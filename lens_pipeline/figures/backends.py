@@ -17,6 +17,7 @@ from lens_pipeline.figures.plan import FigurePlan
 from lens_pipeline.figures.task import Jobs, Task
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import Cache, CacheError
+from lens_pipeline.store.integrity import ContentCheck
 
 
 def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, options: DrawOptions) -> list[dict[str, Any]]:
@@ -24,12 +25,12 @@ def _draw_prompt(save_path: Path, cache_row: dict[str, Any], jobs: Jobs, options
     source = DrawInput(cache_row["model"], cache_row["prompt_hash"], cache_row.get("sha256"), cache_row["path"])
     path = save_path / cache_row["path"]
     try:
-        try:  # the bytes the index records, or no figure: a flipped byte keeps the size
-            if source.cache_sha256 and index.sha256_file(path) != source.cache_sha256:
-                raise CacheError(f"{path}: does not match its recorded sha256 (corrupt or changed); "
-                                 f"rerun the activations stage")
-        except OSError as error:
-            raise CacheError(f"{path}: cannot read it ({error.strerror or error})") from None
+        if not path.is_file():
+            raise CacheError(f"{path}: cannot read it (no such file)")
+        # The bytes the index records, or no figure (remembered from the plan's check: no second hash).
+        if not ContentCheck(save_path).holds(cache_row):
+            raise CacheError(f"{path}: does not match its recorded sha256 (corrupt or changed); "
+                             f"rerun the activations stage")
         cache = Cache(path)
     except CacheError as error:
         if options.raise_errors:
