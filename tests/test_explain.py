@@ -80,7 +80,7 @@ def test_gradient_x_input_and_norm_equal_captum(smollm2: models.LoadedModel) -> 
     assert arrays["target_strs"][0, 0] == " Paris"  # the default target: the top-1 prediction
     embeddings = smollm2.bridge.embed(ids).detach()
     forward = embedded_forward(smollm2, ids, position, token)
-    with explain._frozen_parameters(smollm2.bridge):
+    with explain.frozen_parameters(smollm2.bridge):
         captum_gxi = InputXGradient(forward).attribute(embeddings.clone().requires_grad_(True))
         gradient = Saliency(forward).attribute(embeddings.clone().requires_grad_(True), abs=False)
     np.testing.assert_allclose(arrays["attr_grad_x_input"][0], captum_gxi.sum(-1)[0].detach().numpy(), rtol=0, atol=1e-5)
@@ -97,7 +97,7 @@ def test_integrated_gradients_equal_captum(smollm2: models.LoadedModel, rule: st
     embeddings = smollm2.bridge.embed(ids).detach()
     baseline = explain.ig_baseline(smollm2, "space", ids, embeddings)
     forward = embedded_forward(smollm2, ids, int(arrays["target_positions"][0]), int(arrays["target_ids"][0, 0]))
-    with explain._frozen_parameters(smollm2.bridge):
+    with explain.frozen_parameters(smollm2.bridge):
         reference, delta = IntegratedGradients(forward).attribute(
             embeddings, baselines=baseline, n_steps=steps, method=rule, internal_batch_size=steps,
             return_convergence_delta=True)

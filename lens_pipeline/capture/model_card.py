@@ -302,9 +302,9 @@ def reference_residuals(model: LoadedModel) -> np.ndarray:
     layer, without its first position (BOS or [CLS]: a sink whose state is unlike any word's)."""
     import torch
 
-    from lens_pipeline.capture import extract
+    from lens_pipeline.capture.tokens import context_limit, pad_batch, tokenize
 
-    tokens = extract.tokenize(model, REFERENCE_TEXT, extract.context_limit(model, _default_settings()))
+    tokens = tokenize(model, REFERENCE_TEXT, context_limit(model, _default_settings()))
     n_layers = model.bridge.cfg.n_layers
     kept: list[Any] = [None] * (n_layers + 1)
 
@@ -315,7 +315,7 @@ def reference_residuals(model: LoadedModel) -> np.ndarray:
         return hook
 
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
-    input_ids, attention_mask = extract.pad_batch(model, [tokens])
+    input_ids, attention_mask = pad_batch(model, [tokens])
     with torch.no_grad():
         model.bridge.run_with_hooks(input_ids, attention_mask=attention_mask,
                                     fwd_hooks=[(name, keeper(slot)) for slot, name in enumerate(names)])
