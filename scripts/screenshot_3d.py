@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshots import chromium  # noqa: E402
+from screenshots import figure_browser, wait_figure_drawn  # noqa: E402
 
 from lens_pipeline.figures import run_figures  # noqa: E402
 from lens_pipeline.store import index  # noqa: E402
@@ -38,16 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / "architecture_3d.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        driver = chromium(1100, 800, profile, flags=("--enable-unsafe-swiftshader",))
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
-                                                                    "downloadThroughput": -1, "uploadThroughput": -1})
+        driver = figure_browser(1100, 800, profile)
         try:
             driver.get((save_path / row["path"]).resolve().as_uri())
-            from selenium.webdriver.support.ui import WebDriverWait
-
-            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-                "const f = document.querySelector('.lens-figure'); return f && f.dataset.ready === '1';"))
+            wait_figure_drawn(driver)
             time.sleep(1.0)  # the WebGL scene's first frames
             driver.save_screenshot(str(out))
         finally:

@@ -48,6 +48,21 @@ def chromium(width: int, height: int, profile: str, log_network: bool = False, f
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+def figure_browser(width: int, height: int, profile: str) -> webdriver.Chrome:
+    """`chromium` for figure pages opened from file://: software WebGL (3-D figures), the network off."""
+    driver = chromium(width, height, profile, flags=("--enable-unsafe-swiftshader",))
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
+                                                                "downloadThroughput": -1, "uploadThroughput": -1})
+    return driver
+
+
+def wait_figure_drawn(driver: webdriver.Chrome, timeout: float = 60) -> None:
+    """Until the figure page marks itself drawn (`.lens-figure` with data-ready="1")."""
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+        "const f = document.querySelector('.lens-figure'); return f && f.dataset.ready === '1';"))
+
+
 def hover_cell(driver: webdriver.Chrome, canvas: Any, q: int, k: int) -> None:
     """Put the mouse on heatmap cell (query q, key k), in viewport coordinates."""
     driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'})", canvas)

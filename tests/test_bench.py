@@ -1,11 +1,13 @@
-"""scripts/bench.py end to end on a tiny random-weight model (a smoke test; no speed asserted)."""
+"""The benchmarks (scripts/bench/, `python -m scripts.bench.<name>`): the stage benchmark end to end
+on a tiny random-weight model (a smoke test; no speed asserted), and every benchmark's --help."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ def test_bench_prints_a_table_and_writes_every_measurement(tmp_path: Path) -> No
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        python_cmd("scripts/bench.py", "--model", "tiny-llama", "--random-weights", "--prompts", str(prompts),
+        python_cmd("-m", "scripts.bench.stage", "--model", "tiny-llama", "--random-weights", "--prompts", str(prompts),
                    "--limit", "4", "--batch-size", "2", "--repeats", "1", "--error-prompts", "3",
                    "--figure-prompts", "1", "--json", str(out)),
         cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -49,9 +51,7 @@ def test_bench_prints_a_table_and_writes_every_measurement(tmp_path: Path) -> No
 
 
 def test_npz_size_arithmetic_matches_np_savez() -> None:
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("bench.stage")  # scripts/ is on sys.path (conftest)
     for shape in [(2, 3, 5), (30, 9, 217), (1, 1, 1)]:
         buffer = io.BytesIO()
         np.savez(buffer, patterns=np.zeros((shape[0], shape[1], shape[2], shape[2]), np.float32))
@@ -62,7 +62,7 @@ def test_length_sweep_prints_a_row_per_length_with_memory_from_fresh_processes(t
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "sweep.json"
     done = subprocess.run(
-        python_cmd("scripts/bench.py", "--model", "tiny-llama", "--random-weights", "--prompts", str(prompts),
+        python_cmd("-m", "scripts.bench.stage", "--model", "tiny-llama", "--random-weights", "--prompts", str(prompts),
                    "--sweep", "24", "--sweep-tokens", "48", "--batch-size", "2", "--repeats", "1", "--json", str(out)),
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
@@ -76,3 +76,45 @@ def test_length_sweep_prints_a_row_per_length_with_memory_from_fresh_processes(t
     assert 0 < row["paired_ratio_median"] and 0 < row["paired_cpu_ratio_median"]
     assert row["bare_peak_rss_bytes"] > 100 * 2**20 and row["stage_peak_rss_bytes"] > 100 * 2**20
 
+
+
+BENCHMARKS = ["stage", "figures", "explain", "server", "corpus", "interactive", "vs_pattern_lens"]
+
+
+def test_every_benchmark_module_is_listed() -> None:
+    """BENCHMARKS below covers every command of scripts/bench/ (the rest are its shared modules)."""
+    shared = {"__init__", "common", "passes", "sweep"}
+    assert {p.stem for p in (REPO / "scripts" / "bench").glob("*.py")} - shared == set(BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_help_imports_and_parses(name: str) -> None:
+    done = subprocess.run(python_cmd("-m", f"scripts.bench.{name}", "--help"), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m scripts.bench.{name} ")
+
+
+def test_bench_server_shim_keeps_the_tests_synthetic_index() -> None:
+    """tests/test_server.py imports synthetic_index from scripts/bench_server.py: the benchmark's own."""
+    import bench.server
+    import bench_server
+
+    assert bench_server.synthetic_index is bench.server.synthetic_index
+
+
+def test_run_child_measures_the_child_alone(tmp_path: Path) -> None:
+    """Peak RSS is the child's own VmHWM (not the fork's inherited high-water mark), CPU its own
+    seconds; a script runs with its folder first on sys.path, as `python script.py` has it."""
+    from bench.common import run_child
+
+    script = tmp_path / "child.py"
+    script.write_text(f"import sys\nassert sys.path[0] == {str(tmp_path)!r}\nblock = b'x' * (300 * 2**20)\n"
+                      "sum(range(3 * 10**6))\n")
+    measured = run_child([sys.executable, str(script)])
+    assert 300 * 2**20 <= measured["peak_rss_bytes"] < 420 * 2**20
+    assert 0 < measured["cpu_s"] and 0 < measured["wall_s"]
+    assert run_child([sys.executable, "-m", "json.tool", "--help"])["peak_rss_bytes"] > 0  # the -m form
+    (tmp_path / "fails.py").write_text("raise SystemExit(3)\n")
+    with pytest.raises(SystemExit, match="fails.py failed"):
+        run_child([sys.executable, str(tmp_path / "fails.py")])

@@ -1,8 +1,8 @@
 """What explaining a prediction costs: each method's time per prompt, in forward passes.
 
-    python scripts/bench_explain.py                       # SmolLM2, CPU, prompts of ~150 and ~900 tokens
-    python scripts/bench_explain.py --lengths 150 --repeats 5 --json /tmp/bench_explain.json
-    python scripts/bench_explain.py --model tiny-llama --random-weights --lengths 64 --repeats 1
+    python -m scripts.bench.explain                       # SmolLM2, CPU, prompts of ~150 and ~900 tokens
+    python -m scripts.bench.explain --lengths 150 --repeats 5 --json /tmp/bench_explain.json
+    python -m scripts.bench.explain --model tiny-llama --random-weights --lengths 64 --repeats 1
 
 One prompt per batch, cut from data/prompts.jsonl to exactly each length. "forward" is the bare
 bridge forward (no hooks); "stage" is extract.run_batch with the explanations off (patterns, top-k,
@@ -17,11 +17,8 @@ trajectory <= 0.5 (`lens - logit lens` reports what the trajectory adds to the e
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +26,8 @@ import torch
 from lens_pipeline.capture import extract, models
 from lens_pipeline.capture.prompts import read_prompts
 from lens_pipeline.store.cache import ExtractSettings
+
+from .common import alternate, command_parser, markdown_header, markdown_row, timed, write_json
 
 TARGETS = {"grad × input": 1.0, "logit attribution": 1.0, "lens trajectory": 0.5}
 METHODS: dict[str, dict[str, Any]] = {
@@ -43,7 +42,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--prompts", default="data/prompts.jsonl")
@@ -66,12 +65,6 @@ def prompt_of_length(model: Any, texts: list[str], length: int) -> extract.Token
     return extract.Tokenized(ids[:length])
 
 
-def timed(run: Any) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
-
-
 def measure(model: Any, item: extract.Tokenized, repeats: int, slow_repeats: int, only: list[str]) -> dict[str, Any]:
     """Seconds of the bare forward and the plain stage, and each method's extra forward equivalents."""
     strings = extract.TokenStrings(model.tokenizer)
@@ -79,11 +72,11 @@ def measure(model: Any, item: extract.Tokenized, repeats: int, slow_repeats: int
     plain = ExtractSettings()
 
     def stage(settings: ExtractSettings) -> float:
-        return timed(lambda: extract.run_batch(model, [item], settings, strings))
+        return timed(lambda: extract.run_batch(model, [item], settings, strings))[0]
 
     def bare() -> float:
         with torch.no_grad():
-            return timed(lambda: model.bridge(ids))
+            return timed(lambda: model.bridge(ids))[0]
 
     stage(plain)  # warm-up: first-call allocations
     forwards = [bare() for _ in range(max(3, repeats))]
@@ -96,31 +89,24 @@ def measure(model: Any, item: extract.Tokenized, repeats: int, slow_repeats: int
             continue
         settings = ExtractSettings(**options)
         runs = slow_repeats if "IG" in name and len(item.ids) > 300 else repeats
-        extras = []
-        for _ in range(runs):  # alternate with the plain stage: a drifting machine moves both alike
-            with_method = stage(settings)
-            extras.append(with_method - stage(plain))
-        extra = statistics.median(extras)
+        with_method, without = alternate(lambda: stage(settings), lambda: stage(plain), runs)
+        extra = statistics.median(a - b for a, b in zip(with_method, without))
         result["methods"][name] = {"extra_s": extra, "extra_forwards": extra / forward, "runs": runs}
         print(f"  {len(item.ids)} tokens · {name}: +{extra:.2f} s = {extra / forward:.2f} forward passes", flush=True)
     return result
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    lengths = [r["tokens"] for r in results]
-    print("\n| method | " + " | ".join(f"{n} tokens" for n in lengths) + " | target |")
-    print("|---|" + "---|" * len(lengths) + "---|")
-    print("| bare forward (s) | " + " | ".join(f"{r['forward_s']:.2f}" for r in results) + " | |")
-    print("| stage, explanations off (forwards) | "
-          + " | ".join(f"{r['stage_s'] / r['forward_s']:.2f}" for r in results) + " | |")
+    print("\n" + markdown_header(["method", *(f"{r['tokens']} tokens" for r in results), "target"]))
+    print(markdown_row(["bare forward (s)", *(f"{r['forward_s']:.2f}" for r in results), ""]))
+    print(markdown_row(["stage, explanations off (forwards)", *(f"{r['stage_s'] / r['forward_s']:.2f}" for r in results), ""]))
     for name in results[0]["methods"]:
         cells = [f"+{r['methods'][name]['extra_forwards']:.2f}" if name in r["methods"] else "–" for r in results]
-        target = f"≤ {TARGETS[name]:g}" if name in TARGETS else ""
-        print(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+        print(markdown_row([name, *cells, f"≤ {TARGETS[name]:g}" if name in TARGETS else ""]))
     lens, top1 = "lens trajectory", "logit lens top-1 (existing)"
     if all(lens in r["methods"] and top1 in r["methods"] for r in results):
         cells = [f"+{r['methods'][lens]['extra_forwards'] - r['methods'][top1]['extra_forwards']:.2f}" for r in results]
-        print("| lens trajectory - logit lens | " + " | ".join(cells) + " | |")
+        print(markdown_row(["lens trajectory - logit lens", *cells, ""]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure(model, item, args.repeats, args.slow_repeats, only))
     print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": source.name, "threads": torch.get_num_threads(),
-                                               "results": results}, indent=1))
+        write_json(args.json, {"model": source.name, "threads": torch.get_num_threads(), "results": results}, announce=False)
     return 0
 
 

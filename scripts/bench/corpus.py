@@ -1,6 +1,6 @@
 """Benchmark the neuron dashboards: full build, and the incremental update after adding prompts.
 
-    python scripts/bench_corpus.py SAVE_PATH [--model SmolLM2-135M-Instruct] [--added 10]
+    python -m scripts.bench.corpus SAVE_PATH [--model SmolLM2-135M-Instruct] [--added 10]
 
 SAVE_PATH: a save path whose caches hold a shared neuron basis (activations --neuron-basis or
 --neurons L:i,...). Works on a copy: the last ADDED caches are held out, the dashboards built over
@@ -11,7 +11,6 @@ equals the full one, and exits 1 when the update costs 10% of the full build or 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -24,6 +23,8 @@ import numpy as np
 from lens_pipeline.corpus import neurons
 from lens_pipeline.store import index
 
+from .common import command_parser
+
 TARGET = 0.10  # the incremental update's share of a full build
 
 
@@ -35,12 +36,12 @@ def same_index(a: Path, b: Path) -> bool:
     return arrays and all(m.pop("build") is not None for m in meta) and meta[0] == meta[1]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("save_path")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--added", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work, fresh, held = Path(tmp) / "work", Path(tmp) / "fresh", Path(tmp) / "held"
         shutil.copytree(args.save_path, work, ignore=shutil.ignore_patterns("corpus"))

@@ -2,8 +2,8 @@
 random-weight GPT-2-small shape and the same prompts, run alternately as fresh processes; prints
 wall time, CPU time, peak RSS and bytes written for both, and our/their ratios (median of the pairs).
 
-    python scripts/bench_vs_pattern_lens.py                     # 64 prompts of data/prompts.jsonl, batch 8
-    python scripts/bench_vs_pattern_lens.py --limit 16 --repeats 1 --json /tmp/vs.json
+    python -m scripts.bench.vs_pattern_lens                     # 64 prompts of data/prompts.jsonl, batch 8
+    python -m scripts.bench.vs_pattern_lens --limit 16 --repeats 1 --json /tmp/vs.json
 
 Not run in CI. The first run builds a virtual environment outside the repository (default:
 ~/.cache/lens_pipeline/bench_vs_pattern_lens/venv) with pattern-lens 0.6.0 and the TransformerLens
@@ -30,12 +30,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import REPO, alternate, command_parser, median_ratio, report, run_child, scratch, write_jsonl
+
 # What the side-by-side environment holds, pinned: pattern-lens 0.6.0 needs TransformerLens < 4;
 # 2.17.0 wants numpy < 2, so pyarrow (through datasets) must be a release built for numpy 1.
 PINS = ["pattern-lens==0.6.0", "transformer-lens==2.17.0", "transformers==4.57.6", "torch==2.13.0", "numpy==1.26.4",
@@ -88,7 +87,7 @@ if __name__ == "__main__":
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python scripts/bench_vs_pattern_lens.py", description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("--prompts", default=str(REPO / "data" / "prompts.jsonl"), help="(default: %(default)s)")
     parser.add_argument("--limit", type=int, default=64, help="first N prompts (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="both sides (default: %(default)s)")
@@ -114,18 +113,6 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall, CPU (user + system) and peak RSS of one fresh process, which must succeed."""
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    error = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: {' '.join(command)} failed:\n{error[-3000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024}
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -134,19 +121,19 @@ def run_pattern_lens(python: Path, runner: Path, prompts: Path, save_path: Path,
     shutil.rmtree(save_path, ignore_errors=True)
     (save_path / MODEL_NAME).mkdir(parents=True)
     shutil.copy(prompts, save_path / MODEL_NAME / "prompts.jsonl")  # not --raw-prompts: it reads them from here
-    result = measure([str(python), str(runner), "--model", MODEL_NAME, "--prompts", str(save_path / MODEL_NAME / "prompts.jsonl"),
-                      "--save-path", str(save_path), "--batch-size",
-                      str(batch_size), "--no-index-html", "--device", "cpu"],
-                     env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    result = run_child([str(python), str(runner), "--model", MODEL_NAME, "--prompts",
+                        str(save_path / MODEL_NAME / "prompts.jsonl"), "--save-path", str(save_path), "--batch-size",
+                        str(batch_size), "--no-index-html", "--device", "cpu"],
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, cwd=REPO)
     npz = list(save_path.rglob("activations.npz"))
     return result | {"bytes": folder_bytes(save_path), "files": len(npz)}
 
 
 def run_ours(prompts: Path, save_path: Path, batch_size: int) -> dict[str, float]:
     shutil.rmtree(save_path, ignore_errors=True)
-    result = measure([sys.executable, "-m", "lens_pipeline.activations", "--model", "gpt2", "--random-weights",
-                      "--prompts", str(prompts), "--save-path", str(save_path), "--batch-size", str(batch_size),
-                      "--device", "cpu", "--quiet"], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = run_child([sys.executable, "-m", "lens_pipeline.activations", "--model", "gpt2", "--random-weights",
+                        "--prompts", str(prompts), "--save-path", str(save_path), "--batch-size", str(batch_size),
+                        "--device", "cpu", "--quiet"], env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO)
     rows = [json.loads(line) for line in (save_path / "index.jsonl").read_text().splitlines() if line.strip()]
     caches = [r for r in rows if r["kind"] == "cache" and r["status"] == "ok"]
     return result | {"bytes": folder_bytes(save_path), "files": len(caches), "tokens": sum(r["n_tokens"] for r in caches)}
@@ -157,7 +144,7 @@ def summarize(pl: list[dict[str, float]], ours: list[dict[str, float]]) -> dict[
     for key in ("wall_s", "cpu_s", "peak_rss_bytes", "bytes"):
         out[key] = {"pattern_lens": statistics.median(r[key] for r in pl), "ours": statistics.median(r[key] for r in ours),
                     # each pair ran back to back: a machine whose speed drifts moves both alike
-                    "ratio": statistics.median(o[key] / p[key] for p, o in zip(pl, ours))}
+                    "ratio": median_ratio((o[key] for o in ours), (p[key] for p in pl))}
     return out
 
 
@@ -183,33 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
          "('pattern-lens', 'transformer-lens', 'torch')))"], capture_output=True, text=True, check=True).stdout.strip()
-    work = Path(tempfile.mkdtemp(prefix="lens_vs_pattern_lens_"))
-    try:
+    with scratch("lens_vs_pattern_lens_") as work:
         runner = work / "pattern_lens_runner.py"
         runner.write_text(RUNNER, encoding="utf-8")
         texts = [json.loads(line)["text"] for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()
                  if line.strip()][: args.limit]
-        prompts = work / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        prompts = write_jsonl(work / "prompts.jsonl", ({"text": t} for t in texts))
         tokens_pl = int(subprocess.run([str(python), str(runner), "count-tokens", str(prompts)], capture_output=True,
                                        text=True, check=True, env={**os.environ, "PYTHONPATH": ""}).stdout.strip())
-        pl, ours = [], []
-        for _ in range(args.repeats):
-            pl.append(run_pattern_lens(python, runner, prompts, work / "pattern_lens", args.batch_size))
-            ours.append(run_ours(prompts, work / "ours", args.batch_size))
-            print(f"bench: pattern-lens {pl[-1]['wall_s']:.1f} s (CPU {pl[-1]['cpu_s']:.1f} s), "
-                  f"ours {ours[-1]['wall_s']:.1f} s (CPU {ours[-1]['cpu_s']:.1f} s)", file=sys.stderr)
+        pl, ours = alternate(
+            lambda: run_pattern_lens(python, runner, prompts, work / "pattern_lens", args.batch_size),
+            lambda: run_ours(prompts, work / "ours", args.batch_size), args.repeats,
+            lambda p, o: print(f"bench: pattern-lens {p['wall_s']:.1f} s (CPU {p['cpu_s']:.1f} s), "
+                               f"ours {o['wall_s']:.1f} s (CPU {o['cpu_s']:.1f} s)", file=sys.stderr))
         if pl[-1]["files"] != len(texts) or ours[-1]["files"] != len(texts):
             raise SystemExit(f"bench: expected {len(texts)} outputs each, got {pl[-1]['files']} and {ours[-1]['files']}")
         results = {"prompts": len(texts), "batch_size": args.batch_size, "repeats": args.repeats, "versions": versions,
                    "tokens_pattern_lens": tokens_pl, "tokens_ours": ours[-1]["tokens"],
                    "pattern_lens": pl, "ours": ours, "summary": summarize(pl, ours)}
-        print_table(results)
-        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
-        print(f"\nwritten: {args.json}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+        return report(results, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Benchmark the built-in figures on one CPU core; prints figures per second.
 
-    python scripts/bench_figures.py                          # synthetic 100-token caches, SmolLM2's shape
-    python scripts/bench_figures.py --save-path attn_data    # the caches an activations run wrote
-    python scripts/bench_figures.py --all --stage            # also every built-in, and the full stage
-    python scripts/bench_figures.py --save-path D --builtins  # figures/s of every default built-in on D's caches
+    python -m scripts.bench.figures                          # synthetic 100-token caches, SmolLM2's shape
+    python -m scripts.bench.figures --save-path attn_data    # the caches an activations run wrote
+    python -m scripts.bench.figures --all --stage            # also every built-in, and the full stage
+    python -m scripts.bench.figures --save-path D --builtins  # figures/s of every default built-in on D's caches
 
 Synthetic caches are real cache files (written with lens_pipeline.store.cache.serialize in the default
 pattern encoding, read back through the lazy reader) holding random causal softmax patterns, so the measured path is the
@@ -18,18 +18,17 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core means one thread
 
-import argparse
-import shutil
-import statistics
-import sys
-import tempfile
-import time
-from pathlib import Path
+import shutil  # noqa: E402  (the thread counts above come first)
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from lens_pipeline.store import index
-from lens_pipeline.store.cache import (
+from lens_pipeline.store import index  # noqa: E402
+from lens_pipeline.store.cache import (  # noqa: E402
     DEFAULT_PATTERN_ENCODING,
     PATTERN_MAX_ERROR,
     CacheContents,
@@ -40,6 +39,8 @@ from lens_pipeline.store.cache import (
     serialize,
     write_atomic,
 )
+
+from .common import command_parser  # noqa: E402
 
 
 def synthetic_caches(folder: Path, n_prompts: int, n_tokens: int, n_layers: int, n_heads: int, seed: int = 0) -> list[Path]:
@@ -110,11 +111,18 @@ def bench_fast_heatmap(paths: list[Path], repeats: int) -> None:
           f"mean PNG {statistics.mean(sizes) / 1024:.1f} KiB")
 
 
+def rendered_bytes(spec, result: object) -> int:  # type: ignore[no-untyped-def]
+    """Bytes of a figure's files, rendered as the stage renders them (one file, or a dict of them)."""
+    from lens_pipeline.figures import render
+
+    outputs = result if len(spec.formats) > 1 else {spec.formats[0]: result}
+    return sum(len(render(obj, key.rsplit(".", 1)[-1])) for key, obj in outputs.items())  # type: ignore[union-attr]
+
+
 def bench_all(path: Path) -> None:
     """Seconds per figure for every built-in on one cache, rendered as the stage renders them."""
     import lens_pipeline.draw.builtins  # noqa: F401
     from lens_pipeline.draw.registry import REGISTRY, SkipFigure
-    from lens_pipeline.figures import render
 
     with load(path) as cache:
         print(f"every built-in on one cache ({cache.n_tokens} tokens):")
@@ -129,8 +137,7 @@ def bench_all(path: Path) -> None:
             except SkipFigure as reason:
                 print(f"  {spec.name:32s} skipped: {reason}")
                 continue
-            outputs = result if len(spec.formats) > 1 else {spec.formats[0]: result}
-            size = sum(len(render(obj, key.rsplit(".", 1)[-1])) for key, obj in outputs.items())
+            size = rendered_bytes(spec, result)
             print(f"  {spec.name:32s} {time.perf_counter() - started:7.3f} s  {size / 1024:8.1f} KiB")
 
 
@@ -149,7 +156,6 @@ def bench_builtins(paths: list[Path], repeats: int, only: list[str] | None) -> N
     """Figures/s of each default built-in over the caches, rendered to file bytes as the stage renders them."""
     import lens_pipeline.draw.builtins  # noqa: F401
     from lens_pipeline.draw.registry import REGISTRY, SkipFigure
-    from lens_pipeline.figures import render
 
     caches = [load(path) for path in paths]
     tokens = statistics.mean(c.n_tokens for c in caches)
@@ -177,8 +183,7 @@ def bench_builtins(paths: list[Path], repeats: int, only: list[str] | None) -> N
             for cache in caches:
                 for args in _calls(spec, cache, caches):
                     result = spec.func(*args)
-                    outputs = result if len(spec.formats) > 1 else {spec.formats[0]: result}
-                    size += sum(len(render(obj, key.rsplit(".", 1)[-1])) for key, obj in outputs.items())
+                    size += rendered_bytes(spec, result)
                     count += 1
             rates.append(count / (time.perf_counter() - started))
             cpu_rates.append(count / max(time.process_time() - cpu, 1e-9))
@@ -200,8 +205,8 @@ def bench_stage(save_path: Path) -> None:
               f"({summary.written} written in {summary.seconds:.2f} s, files and index rows included)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("--save-path", type=Path, help="benchmark the caches this activations run wrote (default: synthetic)")
     parser.add_argument("--model", help="only this model's caches (with --save-path)")
     parser.add_argument("--prompts", type=int, default=4, help="caches to use (default: %(default)s)")
@@ -213,7 +218,7 @@ def main() -> None:
     parser.add_argument("--stage", action="store_true", help="also time attention_heatmap through the figures stage")
     parser.add_argument("--builtins", action="store_true", help="figures/s of every default built-in (or --only)")
     parser.add_argument("--only", nargs="+", help="with --builtins: just these figures")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # "per core" means one core
 

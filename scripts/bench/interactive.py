@@ -1,6 +1,6 @@
 """Sizes and load times of the interactive (Plotly) figures of one prompt of a save path.
 
-    python scripts/bench_interactive.py --save-path attn_data [--prompt HASH] [--layer 17] [--head 6] [--repeats 3]
+    python -m scripts.bench.interactive --save-path attn_data [--prompt HASH] [--layer 17] [--head 6] [--repeats 3]
 
 Draws interactive_attention (one head), interactive_layer (one layer), interactive_neurons,
 interactive_layer_stats and architecture_3d for the prompt (with --force), then opens each page
@@ -10,36 +10,31 @@ median time from navigation to the figure drawn (the page's data-ready mark), pl
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshots import chromium  # noqa: E402
+from lens_pipeline.draw import interactive
+from lens_pipeline.figures import run_figures
+from lens_pipeline.store import index
 
-from lens_pipeline.draw import interactive  # noqa: E402
-from lens_pipeline.figures import run_figures  # noqa: E402
-from lens_pipeline.store import index  # noqa: E402
+from .common import command_parser, markdown_header, markdown_row, screenshots, timed
 
 FIGURES = ["interactive_attention", "interactive_layer", "interactive_neurons", "interactive_layer_stats", "architecture_3d"]
 
 
-def load_seconds(driver, url: str) -> float:
-    from selenium.webdriver.support.ui import WebDriverWait
-
+def load_seconds(driver: Any, url: str) -> float:
+    """From navigation to the figure drawn."""
+    wait_figure_drawn = screenshots().wait_figure_drawn
     driver.get("about:blank")
-    started = time.perf_counter()
-    driver.get(url)
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-        "const f = document.querySelector('.lens-figure'); return f && f.dataset.ready === '1';"))
-    return time.perf_counter() - started
+    return timed(lambda: (driver.get(url), wait_figure_drawn(driver)))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("--save-path", required=True)
     parser.add_argument("--prompt", help="prompt hash prefix (default: the longest cached prompt)")
     parser.add_argument("--layer", type=int, default=0)
@@ -59,17 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     plotly_copy = save_path / interactive.asset_paths()[0]
     print(f"{plotly_copy.relative_to(save_path)}: {plotly_copy.stat().st_size / 1e6:.2f} MB (one copy per save path)")
     with tempfile.TemporaryDirectory() as profile:
-        driver = chromium(1300, 1000, profile, flags=("--enable-unsafe-swiftshader",))
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
-                                                                    "downloadThroughput": -1, "uploadThroughput": -1})
+        driver = screenshots().figure_browser(1300, 1000, profile)
         try:
-            print("| figure | file | load (median of %d, s) |" % args.repeats)
-            print("|---|---|---|")
+            print(markdown_header(["figure", "file", f"load (median of {args.repeats}, s)"]))
             for row in sorted(rows, key=lambda r: FIGURES.index(r["function"])):
                 url = (save_path / row["path"]).resolve().as_uri()
                 times = [load_seconds(driver, url) for _ in range(args.repeats)]
-                print(f"| `{row['function']}` | {row['bytes'] / 1e3:.0f} kB | {statistics.median(times):.2f} |")
+                print(markdown_row([f"`{row['function']}`", f"{row['bytes'] / 1e3:.0f} kB", f"{statistics.median(times):.2f}"]))
         finally:
             driver.quit()
     return 0

@@ -1,9 +1,9 @@
 """Benchmark the activations stage: speed against a bare forward pass, cache size, figures,
 memory, the rerun of a fully cached prompt set, and the error of each pattern encoding.
 
-    python scripts/bench.py                                        # SmolLM2, first 100 of data/prompts.jsonl
-    python scripts/bench.py --model tiny-llama --random-weights --limit 8 --json /tmp/bench.json
-    python scripts/bench.py --profile 25                           # also: where the stage's time goes
+    python -m scripts.bench.stage                                  # SmolLM2, first 100 of data/prompts.jsonl
+    python -m scripts.bench.stage --model tiny-llama --random-weights --limit 8 --json /tmp/bench.json
+    python -m scripts.bench.stage --profile 25                     # also: where the stage's time goes
 
 Speed compares like with like: the same prompts, tokenized, sorted by length and batched exactly
 as the stage does; "bare" is the bridge's forward on those batches with no hooks and no output,
@@ -15,16 +15,16 @@ ratio (a machine whose speed drifts, as shared ones do, moves both runs of a pai
 Targets: stage throughput >= 85% of bare (issue 6); cache <= 1/8 of the bytes of a float32 n x n
 .npz of the same patterns; a rerun of everything cached < 3 s (a fresh process, imports included).
 
-    python scripts/bench.py --ray-workers 2 --limit 48   # also: the stage on a local 2-worker Ray
-                                                         # cluster vs one process on the same cores
+    python -m scripts.bench.stage --ray-workers 2 --limit 48   # also: the stage on a local 2-worker Ray
+                                                               # cluster vs one process on the same cores
 
-Length sweep (instead of the above): prompts of exactly N tokens, made by joining consecutive
-passages of the prompt file and cutting at N (`--max-tokens N`); per length, alternating bare/stage
-pairs in this process, the stage's share of the bare forward (median of the pairs' wall ratios,
-and of their CPU ratios), cache bytes per prompt and per token^2, and the peak RSS of a fresh
-process running only the bare forward and of one running only the stage's CLI:
+Length sweep (instead of the above; scripts/bench/sweep.py): prompts of exactly N tokens, made by
+joining consecutive passages of the prompt file and cutting at N (`--max-tokens N`); per length,
+alternating bare/stage pairs in this process, the stage's share of the bare forward (median of the
+pairs' wall ratios, and of their CPU ratios), cache bytes per prompt and per token^2, and the peak
+RSS of a fresh process running only the bare forward and of one running only the stage's CLI:
 
-    python scripts/bench.py --sweep 150,500,1000,2000 --sweep-tokens 4000 --repeats 3
+    python -m scripts.bench.stage --sweep 150,500,1000,2000 --sweep-tokens 4000 --repeats 3
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ import argparse
 import cProfile
 import importlib.util
 import io
-import json
 import pstats
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,9 +46,8 @@ import torch
 
 from lens_pipeline import activations
 from lens_pipeline.capture import extract, models
-from lens_pipeline.capture.models import forget_loaded, resolve
-from lens_pipeline.capture.prompts import Prompt, read_prompts
-from lens_pipeline.capture.random_models import resolve as resolve_random
+from lens_pipeline.capture.models import forget_loaded
+from lens_pipeline.capture.prompts import read_prompts
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import (
     DEFAULT_PATTERN_ENCODING,
@@ -65,11 +61,13 @@ from lens_pipeline.store.cache import (
     write_npy_zst,
 )
 
-TARGETS = {"throughput_ratio": 0.85, "bytes_ratio": 1 / 8, "rerun_s": 3.0}
+from . import sweep
+from .common import alternate, command_parser, median_ratio, report, scratch, write_jsonl
+from .passes import TARGETS, bare_forward, cache_rows, chunks, resolve, stage_batches, stage_run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2",
                         help="model name as the activations stage takes it (default: %(default)s)")
     parser.add_argument("--random-weights", action="store_true",
@@ -93,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run the stage on a local Ray cluster of N CPU workers and compare it with one "
                         "process (outputs and seconds, model loading included); needs ray (default: skip)")
     parser.add_argument("--sweep", default="", metavar="N,N,...",
-                        help="length sweep instead of the above: prompts of exactly these token counts (e.g. 150,500,1000,2000)")
+                        help="length sweep instead of the above: prompts of exactly these token counts "
+                        "(e.g. 150,500,1000,2000)")
     parser.add_argument("--sweep-tokens", type=int, default=4000,
                         help="tokens per length in the sweep: prompts = max(1, this // N) (default: %(default)s)")
     parser.add_argument("--no-rss", action="store_true", help="sweep: skip the peak-RSS subprocesses")
@@ -104,35 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def bare_forward(model: Any, batches: list[list[extract.Tokenized]]) -> tuple[float, float]:
-    """(wall, CPU) seconds for the bridge's plain forward over the batches: no hooks, nothing kept."""
-    _sync(model.device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for batch in batches:
-        input_ids, attention_mask = extract.pad_batch(model, batch)
-        model.bridge(input_ids, attention_mask=attention_mask)
-    _sync(model.device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def stage_run(model: Any, todo: list, save_path: Path, settings: ExtractSettings, batch_size: int) -> tuple[float, float]:
-    """(wall, CPU) seconds for the stage's per-model loop, writing caches and index rows to `save_path`."""
-    shutil.rmtree(save_path, ignore_errors=True)
-    _sync(model.device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    written, failed = activations.run_prompts(model, todo, save_path, settings, batch_size=batch_size, log=lambda m: None)
-    _sync(model.device)
-    if failed or written != len(todo):
-        raise SystemExit(f"bench: the stage failed on {failed} prompt(s); see {index.index_path(save_path)}")
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def npz_float32_bytes(n_layers: int, n_heads: int, n_tokens: int) -> int:
@@ -239,142 +209,6 @@ def ray_comparison(args: argparse.Namespace, prompts_file: Path, work: Path, n_p
             "identical": rows(work / "ray_single") == rows(work / "ray_run")}
 
 
-def sweep_texts(model: Any, passages: list[Prompt], n_tokens: int, count: int, start: int = 0) -> list[str]:
-    """`count` texts of at least `n_tokens` tokens: consecutive passages joined by blank lines (the
-    stage cuts them at exactly `n_tokens` with --max-tokens). Passages are reused only when the file
-    runs out."""
-    texts, current, i = [], [], start
-    while len(texts) < count:
-        current.append(passages[i % len(passages)].text)
-        i += 1
-        if len(extract.tokenize(model, "\n\n".join(current), 10**9).ids) >= n_tokens:
-            texts.append("\n\n".join(current))
-            current = []
-        if i - start > 50 * len(passages):
-            raise SystemExit(f"bench: the prompt file is too short to make {n_tokens}-token prompts")
-    return texts
-
-
-# A child's ru_maxrss starts from this process's RSS at the fork (Linux keeps the high-water mark
-# across exec), and this process holds a model: the child reports its own VmHWM as it exits.
-_REPORT_PEAK_RSS = """import atexit, runpy, sys
-def report():
-    status = open("/proc/self/status").read()
-    sys.stderr.write("\\nbench-peak-rss-kib " + status.split("VmHWM:")[1].split()[0] + "\\n")
-atexit.register(report)
-if sys.argv[1] == "-m":
-    sys.argv = sys.argv[2:]
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-else:
-    sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def child_peak_rss(command: list[str]) -> tuple[int, float]:
-    """(peak RSS bytes, wall s) of a fresh process running `command` ([python, script or -m module, ...]);
-    it must succeed."""
-    started = time.perf_counter()
-    result = subprocess.run([command[0], "-c", _REPORT_PEAK_RSS, *command[1:]], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, errors="replace")
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
-    return int(result.stderr.rsplit("bench-peak-rss-kib ", 1)[1].split()[0]) * 1024, seconds
-
-
-def bare_only(args: argparse.Namespace) -> int:
-    """Child process of the sweep: load the model and run the bare forward once over the batches
-    the stage would make of these prompts, so its peak RSS can be compared with the stage's."""
-    prompts, _ = read_prompts(args.bare_only)
-    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
-    model = models.load_model(source, args.device, args.dtype)
-    limit = extract.context_limit(model, ExtractSettings(max_tokens=max(1, args.limit)))
-    tokens = sorted((extract.tokenize(model, p.text, limit) for p in prompts), key=lambda t: len(t.ids))
-    bare_forward(model, [tokens[i : i + args.batch_size] for i in range(0, len(tokens), args.batch_size)])
-    return 0
-
-
-def sweep_length(args: argparse.Namespace, model: Any, source: Any, passages: list[Prompt], n_tokens: int,
-                 work: Path, start: int) -> dict[str, Any]:
-    """One row of the sweep: alternating bare/stage pairs on prompts of exactly `n_tokens` tokens."""
-    count = max(1, args.sweep_tokens // n_tokens)
-    batch_size = min(args.batch_size, count)
-    settings = ExtractSettings(pattern_encoding=args.pattern_encoding, max_tokens=n_tokens)
-    prompts = [Prompt(text, f"sweep:{i}") for i, text in enumerate(sweep_texts(model, passages, n_tokens, count, start))]
-    todo = [(p, prompt_hash(source.model_id, p.text)) for p in prompts]
-    limit = extract.context_limit(model, settings)
-    tokens = sorted((extract.tokenize(model, p.text, limit) for p, _ in todo), key=lambda t: len(t.ids))
-    batches = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
-    bare_forward(model, batches[:1])  # warm-up at this length
-    save_path = work / f"sweep_{n_tokens}"
-    bare, stage = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_forward(model, batches))
-        stage.append(stage_run(model, todo, save_path, settings, batch_size))
-        print(f"bench: {n_tokens} tokens: bare {bare[-1][0]:.2f} s (CPU {bare[-1][1]:.2f}), stage {stage[-1][0]:.2f} s "
-              f"(CPU {stage[-1][1]:.2f})", file=sys.stderr)
-    rows = [r for r in index.read_rows(save_path) if r["kind"] == "cache" and r["status"] == "ok"]
-    per_prompt = sum(r["bytes"] for r in rows) / len(rows)
-    result = {
-        "n_tokens": n_tokens, "prompts": count, "batch_size": batch_size,
-        "bare_runs_s": [w for w, _ in bare], "stage_runs_s": [w for w, _ in stage],
-        "bare_cpu_runs_s": [c for _, c in bare], "stage_cpu_runs_s": [c for _, c in stage],
-        "paired_ratio_median": float(np.median([b / s for (b, _), (s, _) in zip(bare, stage)])),
-        "paired_cpu_ratio_median": float(np.median([b / s for (_, b), (_, s) in zip(bare, stage)])),
-        "bytes_per_prompt": per_prompt, "bytes_per_token2": per_prompt / n_tokens**2,
-    }
-    if not args.no_rss:
-        prompts_file = work / f"sweep_{n_tokens}.jsonl"
-        prompts_file.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in prompts), encoding="utf-8")
-        common = ["--model", args.model, "--batch-size", str(batch_size), "--device", args.device, "--dtype", args.dtype]
-        common += ["--random-weights"] if args.random_weights else []
-        result["bare_peak_rss_bytes"], _ = child_peak_rss(
-            [sys.executable, __file__, "--bare-only", str(prompts_file), "--limit", str(n_tokens), *common])
-        result["stage_peak_rss_bytes"], result["stage_process_s"] = child_peak_rss(
-            [sys.executable, "-m", "lens_pipeline.activations", "--prompts", str(prompts_file), "--save-path",
-             str(work / f"rss_{n_tokens}"), "--max-tokens", str(n_tokens), "--pattern-encoding", args.pattern_encoding,
-             "--quiet", *common])
-    return result
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    """The length sweep: one table row per length, all in one JSON file."""
-    lengths = [int(n) for n in args.sweep.split(",") if n.strip()]
-    passages, _ = read_prompts(args.prompts)
-    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
-    model = models.load_model(source, args.device, args.dtype)
-    work = Path(tempfile.mkdtemp(prefix="lens_sweep_"))
-    try:
-        rows = [sweep_length(args, model, source, passages, n, work, start=7 * i) for i, n in enumerate(lengths)]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results = {"model": source.name, "device": model.device, "dtype": model.dtype, "threads": torch.get_num_threads(),
-               "pattern_encoding": args.pattern_encoding, "repeats": args.repeats, "sweep": rows, "targets": TARGETS}
-    print_sweep(results)
-    Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(f"\nwritten: {args.json}")
-    return 0
-
-
-def print_sweep(results: dict[str, Any]) -> None:
-    gib = 2**30
-    lines = [f"length sweep: {results['model']} on {results['device']} ({results['dtype']}, {results['threads']} threads), "
-             f"encoding {results['pattern_encoding']}, {results['repeats']} bare/stage pair(s) per length",
-             f"{'tokens':>7}{'prompts':>8}{'batch':>6}{'bare s':>8}{'stage s':>8}{'stage/bare':>11}{'CPU':>7}"
-             f"{'kB/prompt':>11}{'B/token²':>9}{'RSS bare':>10}{'RSS stage':>10}"]
-    for r in results["sweep"]:
-        rss = (f"{r['bare_peak_rss_bytes'] / gib:9.2f}G{r['stage_peak_rss_bytes'] / gib:9.2f}G"
-               if "stage_peak_rss_bytes" in r else f"{'-':>10}{'-':>10}")
-        lines.append(f"{r['n_tokens']:7d}{r['prompts']:8d}{r['batch_size']:6d}{min(r['bare_runs_s']):8.2f}"
-                     f"{min(r['stage_runs_s']):8.2f}{100 * r['paired_ratio_median']:10.1f}%"
-                     f"{100 * r['paired_cpu_ratio_median']:6.1f}%{r['bytes_per_prompt'] / 1e3:11.1f}"
-                     f"{r['bytes_per_token2']:9.2f}{rss}")
-    lines.append(f"stage/bare: median over pairs of bare wall / stage wall (CPU: of CPU seconds); "
-                 f"target >= {100 * TARGETS['throughput_ratio']:.0f}% at every length")
-    print("\n".join(lines))
-
-
 def print_table(results: dict[str, Any]) -> None:
     s, c = results["speed"], results["cache"]
     lines = [
@@ -422,51 +256,44 @@ def print_table(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bare_only:
-        return bare_only(args)
+        return sweep.bare_only(args)
     if args.sweep:
-        return run_sweep(args)
+        return sweep.run_sweep(args)
     prompts, _ = read_prompts(args.prompts)
     prompts = prompts[: args.limit]
-    source = resolve_random(args.model) if args.random_weights else resolve(args.model)
+    source = resolve(args)
     settings = ExtractSettings(pattern_encoding=args.pattern_encoding)
-    work = Path(tempfile.mkdtemp(prefix="lens_bench_"))
-    try:
-        prompts_file = work / "prompts.jsonl"
-        prompts_file.write_text("".join(json.dumps({"text": p.text, **p.metadata}) + "\n" for p in prompts), encoding="utf-8")
+    with scratch("lens_bench_") as work:
+        prompts_file = write_jsonl(work / "prompts.jsonl", ({"text": p.text, **p.metadata} for p in prompts))
 
         started = time.perf_counter()
         model = models.load_model(source, args.device, args.dtype)
         load_s = time.perf_counter() - started
         todo = list({prompt_hash(source.model_id, p.text): (p, prompt_hash(source.model_id, p.text)) for p in prompts}.values())
-        # The batches the stage makes: tokenized the same way, stably sorted by length.
-        limit = extract.context_limit(model, settings)
-        tokens = sorted((extract.tokenize(model, p.text, limit) for p, _ in todo), key=lambda t: len(t.ids))
-        batches = [tokens[i : i + args.batch_size] for i in range(0, len(tokens), args.batch_size)]
+        tokens, batches = stage_batches(model, [p.text for p, _ in todo], settings, args.batch_size)
         n_tokens = sum(len(t.ids) for t in tokens)
         bare_forward(model, batches[:1] + batches[-1:])  # warm-up: lazy inits, the largest allocations
         if model.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
 
-        bare, stage = [], []
         save_path = work / "stage"
-        for _ in range(args.repeats):
-            bare.append(bare_forward(model, batches))
-            stage.append(stage_run(model, todo, save_path, settings, args.batch_size))
-            print(f"bench: bare {bare[-1][0]:.2f} s (CPU {bare[-1][1]:.2f} s), stage {stage[-1][0]:.2f} s "
-                  f"(CPU {stage[-1][1]:.2f} s)", file=sys.stderr)
+        bare, stage = alternate(
+            lambda: bare_forward(model, batches), lambda: stage_run(model, todo, save_path, settings, args.batch_size),
+            args.repeats, lambda b, s: print(f"bench: bare {b[0]:.2f} s (CPU {b[1]:.2f} s), stage {s[0]:.2f} s "
+                                             f"(CPU {s[1]:.2f} s)", file=sys.stderr))
         if args.profile:
             profiler = cProfile.Profile()
             profiler.runcall(stage_run, model, todo, save_path, settings, args.batch_size)
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(args.profile)
         (bare_s, bare_cpu), (stage_s, stage_cpu) = min(bare), min(stage)  # fastest wall time of each
 
-        rows = [r for r in index.read_rows(save_path) if r["kind"] == "cache" and r["status"] == "ok"]
+        rows = cache_rows(save_path)
         cfg = model.bridge.cfg
         cache_bytes = sum(r["bytes"] for r in rows)
         npz_bytes = sum(npz_float32_bytes(cfg.n_layers, cfg.n_heads, r["n_tokens"]) for r in rows)
         # Prompts spread over the length range (the batches are sorted: the first are the shortest).
         sample = tokens[:: max(1, len(tokens) // max(1, args.error_prompts))][: args.error_prompts]
-        errors = encoding_errors(model, [sample[i : i + args.batch_size] for i in range(0, len(sample), args.batch_size)])
+        errors = encoding_errors(model, chunks(sample, args.batch_size))
         figures = figure_rates(save_path, [r["prompt_hash"] for r in rows[: args.figure_prompts]]) if args.figure_prompts else {}
         rerun_s, rerun_line = rerun_seconds(args, prompts_file, save_path)
         ray_results = ray_comparison(args, prompts_file, work, len(todo)) if args.ray_workers else None
@@ -482,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_tokens_per_s": n_tokens / bare_s, "stage_tokens_per_s": n_tokens / stage_s,
                 "throughput_ratio": bare_s / stage_s,
                 # Each pair ran back to back, so a machine that speeds up or slows down moves both alike.
-                "paired_ratio_median": float(np.median([b / s for (b, _), (s, _) in zip(bare, stage)])),
+                "paired_ratio_median": median_ratio([w for w, _ in bare], [w for w, _ in stage]),
             },
             "cache": {"bytes_per_prompt": cache_bytes / len(rows), "npz_bytes_per_prompt": npz_bytes / len(rows),
                       "ratio": cache_bytes / npz_bytes},
@@ -493,12 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "figure_prompts": min(args.figure_prompts, len(rows)), "figures": figures,
             "ray": ray_results, "targets": TARGETS,
         }
-        print_table(results)
-        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
-        print(f"\nwritten: {args.json}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+        return report(results, print_table, args.json)
 
 
 if __name__ == "__main__":
