@@ -78,7 +78,7 @@ def test_length_sweep_prints_a_row_per_length_with_memory_from_fresh_processes(t
 
 
 
-BENCHMARKS = ["stage", "figures", "explain", "server", "corpus", "interactive", "vs_pattern_lens"]
+BENCHMARKS = ["stage", "figures", "explain", "ig_tolerance", "server", "corpus", "interactive", "vs_pattern_lens"]
 
 
 def test_every_benchmark_module_is_listed() -> None:
@@ -118,3 +118,15 @@ def test_run_child_measures_the_child_alone(tmp_path: Path) -> None:
     (tmp_path / "fails.py").write_text("raise SystemExit(3)\n")
     with pytest.raises(SystemExit, match="fails.py failed"):
         run_child([sys.executable, str(tmp_path / "fails.py")])
+
+
+def test_ig_tolerance_bench_reports_both_runs(tmp_path: Path) -> None:
+    out = tmp_path / "ig.json"
+    done = subprocess.run(python_cmd("-m", "scripts.bench.ig_tolerance", "--model", "tiny-llama", "--random-weights",
+                                     "--limit", "2", "--fixed", "4", "--json", str(out)),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "cost of the tolerance:" in done.stdout
+    fixed, adaptive = json.loads(out.read_text())["runs"]
+    assert fixed["steps_used"] == {"4": fixed["targets"]} and fixed["prompts"] == adaptive["prompts"] == 2
+    assert adaptive["error_max"] <= 0.01 or adaptive["over_tolerance"]

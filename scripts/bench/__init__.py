@@ -4,6 +4,7 @@
                      (--sweep: the length sweep, scripts/bench/sweep.py)
     figures          the built-in figures on one CPU core
     explain          what explaining a prediction costs, in forward passes
+    ig_tolerance     integrated gradients to a completeness tolerance against fixed steps
     server           the viewer on a large synthetic index
     corpus           the neuron dashboards: full build against the incremental update
     interactive      sizes and load times of the interactive (Plotly) figures
