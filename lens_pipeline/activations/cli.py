@@ -61,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "forward pass per layer on large vocabularies)")
     parser.add_argument("--attribution", default="", metavar="METHODS",
                         help="input attribution to each prompt's target, comma-separated: grad_x_input, grad_norm, "
-                        "ig (integrated gradients), or all; stored per target and source token (README: Explaining a "
-                        "prediction)")
+                        "ig (integrated gradients), or all; stored per target and source token (docs/explanations.md)")
     parser.add_argument("--ig-steps", type=int, default=None, metavar="N",
                         help=f"integrated-gradients steps: where --ig-tolerance starts (default {IG_START_STEPS}); "
                         "given alone, N fixed steps (no doubling)")

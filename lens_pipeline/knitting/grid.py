@@ -1,6 +1,6 @@
 """The stitch grid: palette, gauge, block scaling, quantisation and the stranded adjustment.
 
-Conventions (for users: the README's "Knitting patterns" section):
+Conventions (for users: docs/knitting.md):
   - `Grid.cells[r, s]` is the colour index of row r+1, stitch s+1.
   - Row 1 is the first row knitted (bottom of the chart); stitch 1 is the RIGHTMOST stitch as
     seen on the right side (RS), i.e. the first stitch of an RS row.

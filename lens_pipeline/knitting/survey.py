@@ -3,7 +3,7 @@
     python -m lens_pipeline.knitting.survey --save-path attn_data [--param mode=round ...]
 
 Draws `knitting_pattern` (in memory, nothing written) for every cache with the given options and
-prints one line per pattern and the totals, so the README's numbers can be reproduced.
+prints one line per pattern and the totals, so docs/knitting.md's numbers can be reproduced.
 """
 
 from __future__ import annotations
