@@ -32,15 +32,17 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
-# Lint rules and limits: [tool.ruff] in pyproject.toml. CI runs this before the tests.
+# Lint rules and limits: [tool.ruff] in pyproject.toml; the stages' import order: [tool.importlinter]
+# (lint-imports). CI runs this before the tests.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: install browser
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench.stage
 
 serve: install
 	$(PY) -m lens_pipeline.server --save-path $(SAVE_PATH)

@@ -1,8 +1,9 @@
 """A static copy of the viewer for a selection of a save path: it opens from file:// or any static
 host, with no server and no network.
 
-    python -m lens_pipeline.export --save-path attn_data --out DIR [--model M,...] [--prompts HASH,...]
+    python -m lens_pipeline.export --save-path attn_data --out DIR [--model M,...] [--prompts HASH|TEXT,...]
                                    [--figures GLOB,...] [--max-mb N] [--single-file]
+    python -m lens_pipeline.export --save-path attn_data --list-prompts     (hash, model, first words)
 
 DIR holds index.html (the viewer's page with the server's Content-Security-Policy as a <meta>),
 static/ (the stylesheet and the viewer's modules bundled into one classic script, entry
@@ -13,12 +14,18 @@ and files/ (the figure files at their save-path paths). Every answer is the view
 a ViewerApi over the selected index rows computes it (lens_pipeline.viewer); data files carry
 them packed (viewer.transport) and gzipped. `--single-file` writes one HTML file for one prompt,
 with its figures inlined as data: URLs.
+
+Each `--prompts` entry names one prompt: the start of its hash, or a piece of its text (any case);
+one that names no prompt or several is an error listing them. Figures are shown as the whole save
+path has them: one drawn from caches that are not all in the export (a model-scope figure of a
+one-prompt export) is not stale, and says what the export lacks (viewer.live_index, `part_of`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import fnmatch
 import gzip
 import hashlib
@@ -30,11 +37,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode
 
 from lens_pipeline.draw.display import FIGURE_STATUSES
-from lens_pipeline.server import PAGE_CSP, STATIC_DIR
+from lens_pipeline.server import PAGE_CSP, STATIC_DIR, flags_for
 from lens_pipeline.store import index
 from lens_pipeline.viewer import Params, ViewerApi, resolve_inside
 from lens_pipeline.viewer.bundle import bundle, stylesheet
@@ -57,7 +64,7 @@ class ExportError(Exception):
 @dataclass
 class Selection:
     models: tuple[str, ...] = ()  # empty: every model
-    prompts: tuple[str, ...] = ()  # prompt hash prefixes; empty: every prompt
+    prompts: tuple[str, ...] = ()  # each a prompt's hash prefix or a piece of its text (resolve_prompts); empty: all
     figures: tuple[str, ...] = ()  # globs on function names; empty: every figure
     max_mb: float | None = None
 
@@ -86,17 +93,64 @@ class Export:
         self._tmp = tempfile.TemporaryDirectory(prefix="lens-export-")
         index.index_path(self._tmp.name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows),
                                                     encoding="utf-8")
-        self.api = ViewerApi(self.save_path, live=LiveIndex(Path(self._tmp.name)))
+        whole = LiveIndex(self.save_path).view()  # figures are stale or not as in the whole save path
+        self.api = ViewerApi(self.save_path, live=LiveIndex(Path(self._tmp.name), part_of=whole), flags_for=flags_for)
         self.view = self.api.index.view()
 
     def close(self) -> None:
         self._tmp.cleanup()
 
 
+FIRST_WORDS = 8  # of a prompt's text, where a prompt is named in one line
+
+
+def first_words(text: str) -> str:
+    words = text.split()
+    return " ".join(words[:FIRST_WORDS]) + (" …" if len(words) > FIRST_WORDS else "")
+
+
+def cached_prompts(rows: Iterable[dict[str, Any]], models: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each cached (model, prompt) of these models (default: all) in the newest index rows, as the
+    viewer lists them: its current cache row, else its newest."""
+    rows = [r for r in rows if r["kind"] == "cache" and (not models or r.get("model") in models)]
+    newest = {(r.get("model", ""), r.get("prompt_hash", "")): r for r in rows}
+    return list((newest | index.current_caches(rows)).values())
+
+
+def prompt_line(row: dict[str, Any]) -> str:
+    """`hash  model  first words`: how a prompt is listed and named in errors."""
+    return f"{row.get('prompt_hash', '')}  {row.get('model', '')}  {first_words(str(row.get('text') or ''))}"
+
+
+def resolve_prompts(rows: list[dict[str, Any]], selection: Selection) -> Selection:
+    """The selection with each --prompts entry replaced by the hash(es) of the one prompt it names
+    among the newest index rows: a hash prefix or a piece of the text (any case); the same text in
+    several models is one prompt. ExportError when it names none or several."""
+    if not selection.prompts:
+        return selection
+    rows = cached_prompts(rows, selection.models)
+    hashes: list[str] = []
+    for wanted in selection.prompts:
+        lower = wanted.lower()
+        found = [r for r in rows if str(r.get("prompt_hash", "")).startswith(lower)
+                 or lower in str(r.get("text") or "").lower()]
+        texts = {str(r.get("text") or "") for r in found}
+        if not found:
+            raise ExportError(f"nothing to export: --prompts {wanted!r} is neither the start of a cached prompt's hash "
+                              f"nor part of a prompt's text; list them with --list-prompts")
+        if len(texts) > 1:
+            listed = "; ".join(prompt_line(r) for r in found[:8]) + ("; …" if len(found) > 8 else "")
+            raise ExportError(f"--prompts {wanted!r} names {len(texts)} prompts: {listed}; "
+                              "give more of the hash or the text")
+        hashes.extend(str(r["prompt_hash"]) for r in found)
+    return dataclasses.replace(selection, prompts=tuple(dict.fromkeys(hashes)))
+
+
 def select(save_path: Path, selection: Selection, keep: set[tuple[str, str]] | None = None) -> Export:
     """The index rows of the selection (every cache row of a selected prompt, so its current cache
     stays the one the viewer shows; its figures; the selected models' model-scope figures)."""
     rows = list(index.latest(index.read_rows(save_path)).values())
+    selection = resolve_prompts(rows, selection)
     keys = {(r.get("model", ""), r.get("prompt_hash", "")) for r in rows if r["kind"] == "cache" and selection.wants_prompt(r)}
     if keep is not None:
         keys &= keep
@@ -286,11 +340,11 @@ def export_static(save_path: str | Path, out: str | Path, selection: Selection |
     (the page, the index and the model-scope figures count first)."""
     started = time.perf_counter()
     save_path, out, selection = Path(save_path), Path(out), selection or Selection()
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()) and not (out / "index.html").exists():
-        raise ExportError(f"{out} exists and is not an export (no index.html); choose an empty or new folder")
-    export = select(save_path, selection)
+    export = select(save_path, selection)  # first: a selection of nothing writes nothing
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()) and not (out / "index.html").exists():
+            raise ExportError(f"{out} exists and is not an export (no index.html); choose an empty or new folder")
         by_prompt = _by_prompt([public_row(row, export.view) for row in export.view.figures])
         payloads, sizes = {}, {}
         for key in export.view.caches:
@@ -404,22 +458,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a static copy of the viewer (grid, filters, heads with exact values, tokens, knitting) "
                     "for a selection of a save path; it opens from file:// or any static host, offline.")
     parser.add_argument("--save-path", default="attn_data", help="folder with index.jsonl (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="folder to write (or, with --single-file, the HTML file)")
+    parser.add_argument("--out", help="folder to write (or, with --single-file, the HTML file); required unless "
+                        "--list-prompts")
     parser.add_argument("--model", help="models to export, comma-separated (default: all)")
-    parser.add_argument("--prompts", help="prompt hashes (or their first characters) to export, comma-separated (default: all)")
+    parser.add_argument("--prompts", help="prompts to export, comma-separated, each the start of its hash or a piece of its "
+                        "text (any case), e.g. 'a3f9' or 'poor yorick' (default: all; see --list-prompts)")
     parser.add_argument("--figures", help="figure functions to export, comma-separated globs, e.g. 'attention_*' (default: all)")
     parser.add_argument("--max-mb", type=float, help="leave out the last prompts once the export would pass this size")
     parser.add_argument("--single-file", action="store_true", help="one self-contained HTML file for one prompt")
+    parser.add_argument("--list-prompts", action="store_true",
+                        help="list the cached prompts (of --model) as 'hash  model  first words' and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.out and not args.list_prompts:
+        parser.error("--out is required (or --list-prompts to list the prompts)")
     selection = Selection(_list(args.model), _list(args.prompts), _list(args.figures), args.max_mb)
     save_path = Path(args.save_path)
     if not index.index_path(save_path).is_file():
         print(f"error: {save_path} has no index.jsonl; run python -m lens_pipeline.activations first", file=sys.stderr)
         return 2
+    if args.list_prompts:
+        for row in cached_prompts(index.latest(index.read_rows(save_path)).values(), selection.models):
+            print(prompt_line(row))
+        return 0
     try:
         written = (export_single_file if args.single_file else export_static)(save_path, args.out, selection)
     except ExportError as error:

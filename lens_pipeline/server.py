@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from lens_pipeline import __version__
 from lens_pipeline.draw.interactive import VIEW as INTERACTIVE_VIEW
 from lens_pipeline.store import index
+from lens_pipeline.version import __version__
 from lens_pipeline.viewer import ApiError, ViewerApi, resolve_inside
 
 STATIC_DIR = Path(__file__).parent / "viewer" / "static"
@@ -69,6 +69,14 @@ class ViewerServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/"
+
+
+def flags_for(wanted: Any) -> list[str] | None:
+    """The activations command's options for cache settings `wanted` (its own rule; imported on use,
+    so the viewer starts without the activations stage's imports)."""
+    from lens_pipeline.activations.cli import flags_for as rule
+
+    return rule(wanted)
 
 
 def _allowed_hosts(host: str) -> set[str] | None:
@@ -218,7 +226,7 @@ def make_server(save_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     save_path = Path(save_path)
     if not save_path.is_dir():
         raise FileNotFoundError(f"save path {save_path} does not exist; run python -m lens_pipeline.activations first")
-    api = ViewerApi(save_path)
+    api = ViewerApi(save_path, flags_for=flags_for)
     api.index.view()  # read the index and build the colour tables now, so the first page request does not pay
     api.handle("/api/display", "")
     return ViewerServer((host, port), api, log_requests)

@@ -245,14 +245,14 @@ def test_topk_and_logit_lens_equal_the_bridges_own_logits(tmp_path: Path, mixed_
     """The top-k and the top-1 logit lens are unembedded a chunk of real positions at a time, never as
     [B, T, vocabulary]: in a padded batch of 5 (with a chunk smaller than the batch's positions) every
     position's ids and probabilities equal softmax of the bridge's own logits for that prompt alone."""
-    from lens_pipeline.capture import extract
+    from lens_pipeline.capture import unembed
 
-    chunk_bytes = dict(extract.UNEMBED_CHUNK_BYTES)
-    extract.UNEMBED_CHUNK_BYTES["cpu"] = 4 * 49_152 * 16  # 16 positions a chunk
+    chunk_bytes = dict(unembed.UNEMBED_CHUNK_BYTES)
+    unembed.UNEMBED_CHUNK_BYTES["cpu"] = 4 * 49_152 * 16  # 16 positions a chunk
     try:
         run_activations("smollm2", mixed_prompts, tmp_path, batch_size=5, logit_lens=True, progress=False)
     finally:
-        extract.UNEMBED_CHUNK_BYTES.update(chunk_bytes)
+        unembed.UNEMBED_CHUNK_BYTES.update(chunk_bytes)
     model = load_reusing(resolve("smollm2"))
     for cache in caches_by_text(tmp_path).values():
         tokens = torch.tensor([cache.token_ids.tolist()])

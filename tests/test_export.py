@@ -168,6 +168,49 @@ def test_single_file_export_stands_alone(driver, drawn: Path, tmp_path: Path) ->
     assert XSS_SCRIPT in css(driver, ".prompt-text")[0].text
     assert_offline_and_clean(driver)
 
+    # The model-scope figures, drawn from every prompt of the model, are current in the save path: the
+    # export says what of their input it lacks, and calls nothing stale.
+    open_page(driver, alone)
+    cards = wait(driver, lambda d: (c := css(d, ".card")) and len(c) == len(figures) and c)
+    assert not css(driver, ".stale-badge") and {c.get_attribute("data-status") for c in cards} == {"ok"}
+    [summary] = [c for c in cards if c.get_attribute("data-function") == "model_summary"]
+    others = len(VIEWER_PROMPTS) - 1
+    assert css(summary, ".card-note")[0].text == (f"drawn from all {len(VIEWER_PROMPTS)} prompts of {row['model']}; "
+                                                  f"{others} of them are not in this export")
+    open_page(driver, alone, f"#view=figure&model={row['model']}&function=model_summary")
+    assert "not in this export" in wait(driver, lambda d: css(d, ".figure-note"))[0].text
+    assert not css(driver, ".stale-note")
+
+
+def test_prompts_are_listed_and_found_by_hash_or_text(drawn: Path, tmp_path: Path) -> None:
+    caches = latest_rows(drawn, "cache")
+    listed = export("--save-path", str(drawn), "--list-prompts")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(caches) == len(VIEWER_PROMPTS)
+    for line in lines:  # hash  model  first words
+        hash_, model, words = line.split("  ", 2)
+        row = next(r for r in caches if r["prompt_hash"] == hash_)
+        assert model == row["model"] and " ".join(row["text"].split()).startswith(words.removesuffix(" …"))
+
+    capital = prompt_hash(drawn, "capital")
+    done = export("--save-path", str(drawn), "--out", str(tmp_path / "one.html"), "--single-file", "--prompts",
+                  "CAPITAL of France")  # a piece of the text, any case
+    assert done.returncode == 0 and done.stdout.startswith("exported 1 prompt(s)"), done.stderr
+    again = export("--save-path", str(drawn), "--out", str(tmp_path / "two.html"), "--single-file", "--prompts", capital[:6])
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "one.html").read_bytes() == (tmp_path / "two.html").read_bytes()  # the same prompt either way
+
+    ambiguous = export("--save-path", str(drawn), "--out", str(tmp_path / "x.html"), "--single-file", "--prompts", "a")
+    assert ambiguous.returncode == 2 and ambiguous.stderr.count("\n") == 1, ambiguous.stderr
+    assert ambiguous.stderr.startswith(f"error: --prompts 'a' names {len(VIEWER_PROMPTS)} prompts: ")
+    assert all(r["prompt_hash"] in ambiguous.stderr for r in caches)
+    nothing = export("--save-path", str(drawn), "--out", str(tmp_path / "x.html"), "--prompts", "no such words")
+    assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "--list-prompts" in nothing.stderr
+    assert not (tmp_path / "x.html").exists()
+    no_out = export("--save-path", str(drawn))
+    assert no_out.returncode == 2 and "--out is required" in no_out.stderr
+
 
 def test_export_refuses_what_it_cannot_do(drawn: Path, tmp_path: Path) -> None:
     done = export("--save-path", str(drawn), "--out", str(tmp_path / "x"), "--prompts", "zzzz")

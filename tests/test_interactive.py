@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
+from lens_pipeline.capture import model_card
 from lens_pipeline.draw import interactive
 from lens_pipeline.draw.builtins.attention_stats import prompt_statistics
 from lens_pipeline.figures import run_figures
@@ -273,7 +274,8 @@ def test_the_3d_view_has_the_models_shape_and_the_cached_values(driver, drawn: P
             assert hovered_number(heads["hover"][i], "first-token share") == pytest.approx(first[i], rel=1e-6)
         acts, ids = cache.neuron_acts, cache.neuron_ids
         assert neurons["n"] == ids.size
-        width = int(ids.max()) + 1  # the cache states no MLP width: the largest stored index + 1
+        width = model_card.card_for(cache).architecture["d_mlp"]  # the model's MLP width, from its model card
+        assert width > int(ids.max()) + 1  # (not the largest stored neuron index + 1)
         assert np.allclose(neurons["x"], ids.ravel() / width)
         peak = np.take_along_axis(acts, np.abs(acts).argmax(-1)[..., None], -1)[..., 0].ravel()
         for i in (0, ids.size - 1):

@@ -128,6 +128,26 @@ def test_diagram_counts_equal_the_models_tensors_per_part_and_in_total(runs: dic
         assert f"{count:,}" in texts, part
 
 
+def test_gpt2_parameters_counted_once_in_the_card_and_every_cache(runs: dict) -> None:
+    """The bridge keeps split q/k/v copies of GPT-2's fused c_attn beside it, so summing the bridge's
+    copy counts q/k/v twice; the card, its index row and every cache's meta count the model's own
+    parameters once: sum(p.numel()) of the plain torch module of GPT-2 small (SmolLM2's vocabulary)."""
+    import transformers
+
+    with torch.device("meta"):
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=49152))
+    total = sum(p.numel() for p in hf.parameters())
+    model = models.load_model(models.resolve_source("gpt2", random_weights=True), "cpu", "float32")
+    bridge_copy = sum(p.numel() for p in model.bridge.original_model.parameters())
+    qkv_copies = 12 * (768 * 3 * 768 + 3 * 768)  # each layer's c_attn weight and bias again, as q, k and v
+    assert bridge_copy == total + qkv_copies
+    assert model_card.n_params(model) == total
+    save, cache = runs["gpt2"]
+    assert cache.meta["n_params"] == total
+    [card] = [r for r in index.read_rows(save) if r["kind"] == "model_card"]
+    assert card["n_params"] == json.loads((save / card["path"]).read_text())["parameters"]["total"] == total
+
+
 def test_smollm2_diagram_shows_gqa_gating_rope_and_pre_norm(runs: dict) -> None:
     card = model_card.card_for(runs["smollm2"][1])
     arch = card.architecture

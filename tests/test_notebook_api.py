@@ -31,6 +31,25 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
+def test_the_package_front_names_the_figure_api_and_stays_light() -> None:
+    """`from lens_pipeline import register_figure, run_figures` (the import a notebook tries first)
+    gives the registry's and the figures stage's own functions, each imported on first use: a bare
+    `import lens_pipeline` imports no stage, no torch and no matplotlib."""
+    probe = ("import sys, lens_pipeline; print(sorted(m for m in sys.modules if m.startswith('lens_pipeline')"
+             " or m.split('.')[0] in ('torch', 'matplotlib', 'numpy', 'anywidget')))")
+    loaded = subprocess.run(python_cmd("-c", probe), capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['lens_pipeline', 'lens_pipeline.version']"
+
+    from lens_pipeline import __version__, register_figure, run_figures
+    from lens_pipeline.draw import registry
+    from lens_pipeline.figures import stage
+
+    assert register_figure is registry.register_figure and run_figures is stage.run_figures
+    assert run_figures is lens_pipeline.figures.run_figures and __version__ == lens_pipeline.version.__version__
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        lens_pipeline.no_such_name
+
+
 def test_open_lists_filters_and_iterates_caches(small_run: Path) -> None:
     run = lens_pipeline.open(small_run)
     assert run.models == ["tiny-llama-random"] and len(run.caches()) == 3

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import signal
 import sys
 from pathlib import Path
@@ -168,6 +171,33 @@ def neuron_options(args: argparse.Namespace) -> dict[str, Any]:
         return {"n_neurons": int(args.neurons), "neuron_basis": args.neuron_basis if int(args.neurons) > 0 else "prompt"}
     except ValueError:
         raise NeuronSpecError(f"--neurons: {args.neurons!r} is neither a count nor 'L:i,j;...'") from None
+
+
+def flags_for(wanted: ExtractSettings) -> list[str] | None:
+    """The activations options that make caches with `wanted` settings (None when some cannot be
+    said as options): each setting that differs from what no option gives, checked by parsing back."""
+    parser = build_parser()
+
+    def made(flags: list[str]) -> ExtractSettings | None:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                return settings_from_args(parser.parse_args(flags)).extract
+        except (SystemExit, ValueError):
+            return None
+
+    base, flags = made([]), []
+    for field in dataclasses.fields(ExtractSettings):
+        value = getattr(wanted, field.name)
+        if base is None or getattr(base, field.name) == value:
+            continue
+        option = "--neurons" if field.name == "n_neurons" else "--" + field.name.replace("_", "-")
+        if option not in parser._option_string_actions:
+            return None
+        if isinstance(value, bool):
+            flags += [option] if value else []
+        else:
+            flags += [option, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return flags if made(flags) == wanted else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

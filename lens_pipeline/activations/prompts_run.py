@@ -123,7 +123,7 @@ def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> 
 
 def _model_meta(model: Any, settings: ExtractSettings) -> dict[str, Any]:
     """What every cache of this model and these settings says about where it came from."""
-    from lens_pipeline.capture import models
+    from lens_pipeline.capture import model_card, models
 
     meta = {
         "model": model.source.name,
@@ -135,7 +135,7 @@ def _model_meta(model: Any, settings: ExtractSettings) -> dict[str, Any]:
         "n_layers": model.bridge.cfg.n_layers,
         "n_heads": model.bridge.cfg.n_heads,
         "d_model": model.bridge.cfg.d_model,
-        "n_params": sum(p.numel() for p in model.bridge.original_model.parameters()),
+        "n_params": model_card.n_params(model),  # each tensor once, as the model card counts them
         "device": model.device,
         "dtype": model.dtype,
         "pattern_encoding": settings.pattern_encoding,

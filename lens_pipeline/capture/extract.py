@@ -16,6 +16,7 @@ import torch
 from lens_pipeline.capture import explain, model_card
 from lens_pipeline.capture.models import LoadedModel
 from lens_pipeline.capture.tokens import Tokenized, TokenStrings, context_limit, pad_batch, tokenize  # noqa: F401  (extract.tokenize etc.: callers' names)
+from lens_pipeline.capture.unembed import positions_per_chunk
 from lens_pipeline.store.cache import (
     BYTE_PLANE_ENCODINGS,
     FIXED_POINT_LEVELS,
@@ -162,16 +163,12 @@ def top_predictions(logits: torch.Tensor, k: int, rows: int = 16, block: int = 2
     return torch.cat(probs).reshape(shape), torch.cat(ids).reshape(shape)
 
 
-# Positions unembedded at once: [rows, vocabulary] float32 logits of this many bytes, not [B, T, vocabulary].
-UNEMBED_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
-
-
 def top_of_positions(logits_of: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor,
                      shape: tuple[int, int], vocabulary: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """top_predictions (probabilities float16, ids int32) [B, T, k] of a [B, T] batch, computed at its flat
     real `positions` only (zeros at the padding), whose logits `logits_of(chunk of positions)` gives
     [chunk, vocabulary] a chunk at a time."""
-    chunk = max(16, UNEMBED_CHUNK_BYTES["cuda" if positions.is_cuda else "cpu"] // (4 * vocabulary))
+    chunk = positions_per_chunk(vocabulary, positions.is_cuda)  # one [chunk, vocabulary] array, edited in place
     probs = torch.zeros((shape[0] * shape[1], k), dtype=torch.float16, device=positions.device)
     ids = torch.zeros((shape[0] * shape[1], k), dtype=torch.int32, device=positions.device)
     for part in positions.split(chunk):

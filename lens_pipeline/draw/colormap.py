@@ -4,7 +4,7 @@ Fast-path figures never call matplotlib per figure. Values are binned exactly as
 `matplotlib.colormaps[name](value)` bins them (floor(v * 256), clipped to 0..255), so a pixel's
 colour is the colormap's colour of the cached value. PNGs are written in palette mode: the
 lookup table becomes the PNG palette and each pixel is one byte, which encodes ~4x faster than
-RGB (measured in scripts/bench_figures.py).
+RGB (measured by python -m scripts.bench.figures).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The cache file: one per (model, prompt), holding what the figures need.
 
-Format (schema 2; schema 1 caches still load), documented in the README:
+Format (schema 2; schema 1 caches still load), documented in docs/cache.md:
   A zip archive (stored, not deflated) so that any one array can be read without touching the
   others. Each member `NAME.npy.zst` is a standard `.npy` file (np.save, never pickled)
   compressed with zstandard; `meta.json` describes the prompt, the model and every array.
@@ -11,7 +11,7 @@ Pattern encodings (absolute error per weight): "q12" (default; round(p*4095), <=
 "q16" (round(p*65535), <= 7.7e-6), "q8" (round(p*255) in uint8, <= 2.0e-3), "float16"
 (<= 2.4e-4, finer for tiny weights), "float32" (exact). Why byte planes: most weights are
 tiny, so the high bytes are nearly all zero, and apart zstd packs them smaller and faster than
-interleaved uint16 (measured in the README).
+interleaved uint16 (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,28 +31,17 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import zstandard
 
+from lens_pipeline.store.encodings import (  # noqa: F401  (PATTERN_MAX_ERROR: store.cache's readers' name)
+    BYTE_PLANE_ENCODINGS,
+    DEFAULT_PATTERN_ENCODING,
+    FIXED_POINT_LEVELS,
+    PATTERN_ENCODINGS,
+    PATTERN_MAX_ERROR,
+)
+from lens_pipeline.store.settings_text import settings_summary
+
 SCHEMA_VERSION = 2  # 2: q12/q16 patterns as byte planes (1: plain uint16, still read)
 READABLE_SCHEMAS = (1, 2)
-# Fixed-point encodings store round(p * levels) as unsigned integers: a bounded absolute error
-# of half a step, and small weights become small integers that zstd packs tightly.
-PATTERN_ENCODINGS: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "q16": np.dtype(np.uint16),
-    "q12": np.dtype(np.uint16),
-    "q8": np.dtype(np.uint8),
-}
-FIXED_POINT_LEVELS = {"q16": 65535, "q12": 4095, "q8": 255}
-BYTE_PLANE_ENCODINGS = ("q16", "q12")  # stored as [H, 2, ...] uint8: low bytes, high bytes
-DEFAULT_PATTERN_ENCODING = "q12"
-# Largest absolute error per attention weight each encoding introduces: half a step, plus the
-# float32 rounding of p * levels and of the decoding division (2**-23 covers both); for float16,
-# half an ulp just below 1.0.
-PATTERN_MAX_ERROR: dict[str, float] = {
-    "float32": 0.0,
-    "float16": 2.0**-12,
-    **{name: 0.5 / levels + 2.0**-23 for name, levels in FIXED_POINT_LEVELS.items()},
-}
 # zstd's fastest strategy with a 64-entry match table: on SmolLM2 caches 23% faster than level 1
 # and 1.6% smaller (pattern bytes are mostly literals; their matches are recent zero runs, which a
 # table that stays in L1 still finds). Level 3 was slower still and no smaller.
@@ -65,7 +54,7 @@ FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # same content, same bytes, same sha256
 @dataclass(frozen=True)
 class ArraySpec:
     """One kind of array a cache can hold: the single description the stage, the loader, figure
-    `needs=` and the README's cache table all follow."""
+    `needs=` and docs/cache.md's cache table all follow."""
 
     name: str  # member name; "patterns" and "hooks" stand for the families patterns/L{ll}, hooks/<name>
     dtype: str
@@ -154,7 +143,7 @@ SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`",
 
 
 def arrays_markdown() -> str:
-    """The README's cache table, made from CACHE_ARRAYS (a test keeps the README equal to it)."""
+    """docs/cache.md's cache table, made from CACHE_ARRAYS (a test keeps the page equal to it)."""
     lines = ["| array | dtype | shape | made by | what |", "|---|---|---|---|---|"]
     for spec in CACHE_ARRAYS:
         lines.append(f"| `{spec.name}` | {spec.dtype} | {spec.shape} | {SETTING_FLAGS[spec.setting]} | {spec.meaning} |")
@@ -439,8 +428,6 @@ class Cache:
     def _repr_html_(self) -> str:
         """Jupyter's view of a cache: model, prompt start, tokens, layers × heads, settings, arrays."""
         import html
-
-        from lens_pipeline.draw.display import settings_summary  # display imports this module
 
         text = " ".join(self.text.split())
         families: dict[str, list[str]] = {}

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from lens_pipeline import __version__
+from lens_pipeline.version import __version__
 
 INDEX_NAME = "index.jsonl"
 TORN_NAME = INDEX_NAME + ".torn"  # lines taken out of the index by repair(): kept, not lost

@@ -17,6 +17,8 @@ GET only; every answer is JSON; bad parameters give a 4xx with {"error": message
   /api/predictions?model&prompt[&settings]   the top-k next tokens at each position, coloured
   /api/why?model&prompt[&settings]&position  why the model predicted the token after `position`: input
                                        attribution, logit attribution per head and MLP, lens trajectory
+  /api/next_steps?view=neurons|phrasings|pca[&model]   whether a corpus view has something to show, and
+                                       if not the commands that make it (viewer/next_steps.py)
 A cache is the current one of (model, prompt) unless `settings` names another settings id.
 CacheApi answers the display facts and the cache endpoints for one open Cache (a notebook widget).
 """
@@ -26,12 +28,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from lens_pipeline.corpus.api import corpus_routes
 from lens_pipeline.draw import display
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.browse import Browse
 from lens_pipeline.viewer.caches import CacheReader, IndexCaches, OneCache
+from lens_pipeline.viewer.corpus import corpus_routes
 from lens_pipeline.viewer.live_index import LiveIndex
+from lens_pipeline.viewer.next_steps import FlagsFor, NextSteps
 from lens_pipeline.viewer.params import ApiError, Params
 
 CACHE = ("model", "prompt", "settings")  # a cache: the current one of (model, prompt), or by settings id
@@ -62,9 +65,10 @@ class Api:
 
 class ViewerApi(Api):
     """Every endpoint is a pure function of (save path, index view, query string); see ROUTES.
-    `live`: the index to follow (default: the save path's index.jsonl)."""
+    `live`: the index to follow (default: the save path's index.jsonl); `flags_for`: the activations
+    options for given cache settings, for the commands an empty corpus view shows (viewer/next_steps.py)."""
 
-    def __init__(self, save_path: Path, live: LiveIndex | None = None):
+    def __init__(self, save_path: Path, live: LiveIndex | None = None, flags_for: FlagsFor | None = None):
         self.root = save_path.resolve()
         self.index = live or LiveIndex(self.root)
         self.browse = browse = Browse(self.root, self.index)
@@ -76,7 +80,8 @@ class ViewerApi(Api):
             "/api/prompts": (browse.prompts, ("model", "q", "offset", "limit")),
             "/api/figure": (browse.figure, ("model", "prompt", "function", "layer", "head")),
             "/api/compare": (browse.compare, ("across", "model", "prompt", "function", "layer", "head")),
-            **corpus_routes(self.root),  # neuron dashboards and prompt comparisons (lens_pipeline/corpus/api.py)
+            **corpus_routes(self.root),  # neuron dashboards and prompt comparisons (lens_pipeline/viewer/corpus.py)
+            "/api/next_steps": (NextSteps(self.root, self.index, flags_for).answer, ("view", "model")),
         }
 
 

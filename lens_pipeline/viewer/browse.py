@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from lens_pipeline import __version__
 from lens_pipeline.draw.display import FIGURE_STATUSES
+from lens_pipeline.version import __version__
 from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.params import ApiError, Params
 from lens_pipeline.viewer.rows import prompt_row, public_row

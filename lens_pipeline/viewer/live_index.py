@@ -4,7 +4,9 @@ kept as an immutable snapshot per version with memoised filter results.
 The rules are the stages' own: the newest row per output, in the order those rows were appended
 (`index.latest`); the current cache of a (model, prompt) is its newest ok cache row, whatever its
 settings (`index.current_caches`); a figure drawn from another cache than the current one, or
-whose cache is gone, is stale (`lens_pipeline.figures.plan.stale_rows`), shown so before a figures run records it."""
+whose cache is gone, is stale (`lens_pipeline.figures.plan.stale_rows`), shown so before a figures run records it.
+An index that holds part of a save path (a static export's selection) is judged as the whole is
+(`part_of`): a figure drawn from caches of which only some are in the part is not stale for that."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class IndexView:
     texts: dict[tuple[str, str], str]  # (model, prompt_hash) -> prompt text, for display and search
     bad_lines: int
     stale: dict[int, str]  # id() of each ok figure row the figures stage would mark stale now -> why
+    notes: dict[int, str] = field(default_factory=dict)  # id() of a figure row -> a line about it (see part_of)
     _queries: OrderedDict[Any, list[dict[str, Any]]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     summary: dict[str, Any] | None = None  # /api/summary of this version, computed on first request
@@ -64,8 +67,10 @@ class IndexView:
 class LiveIndex:
     """index.jsonl followed as it grows: each `view()` stats the file and parses only new lines."""
 
-    def __init__(self, save_path: Path):
+    def __init__(self, save_path: Path, part_of: IndexView | None = None):
+        """`part_of`: the whole save path's view, when this index holds a part of it (see the module doc)."""
         self.path = index.index_path(save_path)
+        self.part_of = part_of
         self._lock = threading.Lock()
         self._reset()
 
@@ -131,4 +136,31 @@ class LiveIndex:
         texts = {key: str(row.get("text") or "") for key, row in caches.items()}
         # The figures stage's own rule, so a row shows stale exactly when the next run would mark it so.
         stale = {id(figures[index.row_key(row)]): row["reason"] for row in stale_rows(figures, current, set())}
-        return IndexView(self._version, list(figures.values()), caches, current, cache_rows, texts, self._bad_lines, stale)
+        notes: dict[int, str] = {}
+        if self.part_of is not None:
+            stale, notes = _as_in_whole(self.part_of, figures, stale, current)
+        return IndexView(self._version, list(figures.values()), caches, current, cache_rows, texts, self._bad_lines, stale,
+                         notes)
+
+
+def _as_in_whole(whole: IndexView, figures: dict[index.Key, dict[str, Any]], stale: dict[int, str],
+                 current: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[int, str], dict[int, str]]:
+    """(stale, notes) of a part's figures as the whole judges them: stale where the whole has them
+    stale, for its reason; one stale only in the part (drawn from caches the part lacks) is current,
+    with a note saying how much of what it was drawn from is outside."""
+    in_whole = {index.row_key(row): whole.figure_status(row) for row in whole.figures}
+    judged, notes = {}, {}
+    for key, row in figures.items():
+        status, reason = in_whole.get(key, ("ok", ""))
+        if status == "stale":
+            judged[id(row)] = reason
+        elif id(row) in stale:
+            model = row.get("model", "")
+            if row.get("prompt_hash"):
+                notes[id(row)] = "the cache it was drawn from is not in this export"
+            else:
+                drawn = sum(1 for m, _ in whole.current if m == model)
+                here = sum(1 for m, _ in current if m == model)
+                notes[id(row)] = (f"drawn from all {drawn} prompts of {model}; {drawn - here} of them are "
+                                  "not in this export")
+    return judged, notes

@@ -4,12 +4,14 @@ The page never guesses any of this from file names."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from lens_pipeline.draw import display
 from lens_pipeline.draw.registry import REGISTRY, VIEWS, FigureSpec, default_view
+from lens_pipeline.store.cache import ExtractSettings
 from lens_pipeline.viewer.live_index import IndexView
 from lens_pipeline.viewer.params import file_url
 
@@ -63,8 +65,42 @@ def file_roles(view: str, files: list[dict[str, Any]]) -> dict[str, dict[str, An
     return {"image": image, "main": main, "pattern": None}
 
 
+def _heatmap_cells(n_tokens: int, params: dict[str, Any]) -> tuple[int, int]:
+    from lens_pipeline.draw.builtins.attention import first_shown, pixel_scale
+
+    first = first_shown(n_tokens, bool(params["skip_first"]))
+    return first, pixel_scale(n_tokens - first, int(params["side"]))
+
+
+# Figures whose picture is one head's token x token cells from the image's top-left corner (queries
+# down, keys across) -> (first token shown, pixels per cell) by the figure's own rules (attention.py).
+TOKEN_GRIDS: dict[str, Callable[[int, dict[str, Any]], tuple[int, int]]] = {"attention_heatmap": _heatmap_cells}
+
+
+def token_grid(row: dict[str, Any], view: IndexView) -> dict[str, Any] | None:
+    """Where a one-head picture's token cells lie, so the page can write the tokens along its axes:
+    the tokens first..first+count-1 of the cache it was drawn from (settings_id), `cell` image pixels each."""
+    cells = TOKEN_GRIDS.get(str(row.get("function")))
+    if cells is None or row.get("status") not in ("ok", "stale") or (spec := _spec(str(row["function"]))) is None:
+        return None
+    key = (row.get("model", ""), row.get("prompt_hash", ""))
+    drawn_from = next((r for r in view.cache_rows.get(key, []) if r.get("path") == row.get("cache_path")),
+                      view.caches.get(key))
+    n_tokens = (drawn_from or {}).get("n_tokens")
+    if not isinstance(n_tokens, int):
+        return None
+    try:
+        first, cell = cells(n_tokens, {**spec.params, **(row.get("params") or {})})
+    except (KeyError, TypeError, ValueError):
+        return None
+    current = view.current.get(key)
+    return {"first": first, "count": n_tokens - first, "cell": cell,
+            "settings_id": "" if drawn_from is current else str(drawn_from.get("settings_id", ""))}
+
+
 def public_row(row: dict[str, Any], view: IndexView, full: bool = False) -> dict[str, Any]:
-    """A figure row for the page; `full` adds the traceback of a failed figure."""
+    """A figure row for the page; `full` adds the traceback of a failed figure and, for a picture of
+    one head's tokens, where they lie on it (token_grid)."""
     files = file_entries(row)
     shown = figure_view(row, files)
     status, reason = view.figure_status(row)
@@ -77,19 +113,30 @@ def public_row(row: dict[str, Any], view: IndexView, full: bool = False) -> dict
         "bytes": row.get("bytes"), "status": status, "reason": reason, "error": row.get("error", ""),
         "params": row.get("params") or {}, "created": row.get("created", ""),
         "text": view.text_of(row)[:200], "view": shown, **file_roles(shown, files),
+        "note": view.notes.get(id(row), ""),  # e.g. in an export: what of its input the export lacks
     }
     if full:
         public["traceback"] = str(row.get("traceback") or "")
         public["cache_path"] = row.get("cache_path") or ""
+        public["token_grid"] = token_grid(row, view)
     return public
+
+
+def recorded_settings(params: dict[str, Any]) -> ExtractSettings:
+    """The ExtractSettings a cache was made with, from its recorded settings; fields this version
+    does not know are left out, and settings it cannot read are the defaults."""
+    known = {f.name for f in dataclasses.fields(ExtractSettings)}
+    try:
+        return ExtractSettings(**{name: value for name, value in params.items() if name in known})
+    except (TypeError, ValueError):
+        return ExtractSettings()
 
 
 def cache_settings(row: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """How a cache was made: its settings id, the settings (from its meta when open), and them as
     [label, value] pairs; `explains`: it holds an explanation of a prediction (the `why` view)."""
     params = (meta or {}).get("settings") or row.get("params") or {}
-    explains = bool(params.get("attribution") or params.get("logit_attribution") or params.get("lens_trajectory"))
-    return {"settings_id": row.get("settings_id", ""), "settings": params, "explains": explains,
+    return {"settings_id": row.get("settings_id", ""), "settings": params, "explains": recorded_settings(params).explains,
             "settings_text": display.settings_summary(params, meta), "created": row.get("created", "")}
 
 

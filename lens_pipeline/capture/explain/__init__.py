@@ -32,10 +32,10 @@ from lens_pipeline.capture.explain.attribution import (
     integration_rule,
 )
 from lens_pipeline.capture.explain.batch import check_model, check_settings, forward, model_dtype, prompt_arrays, summary
-from lens_pipeline.capture.explain.lens import LENS_CHUNK, lens_row_names
+from lens_pipeline.capture.explain.lens import lens_row_names
 from lens_pipeline.capture.explain.passes import frozen_parameters, run_to_final_norm
 from lens_pipeline.capture.explain.targets import TargetError, Targets, resolve_targets
 
-__all__ = ["ATTRIBUTION_ARRAYS", "ATTRIBUTION_METHODS", "IG_BASELINES", "IG_RULES", "LENS_CHUNK", "TargetError", "Targets",
+__all__ = ["ATTRIBUTION_ARRAYS", "ATTRIBUTION_METHODS", "IG_BASELINES", "IG_RULES", "TargetError", "Targets",
            "check_model", "check_settings", "forward", "frozen_parameters", "ig_baseline", "integration_rule",
            "lens_row_names", "model_dtype", "prompt_arrays", "resolve_targets", "run_to_final_norm", "summary"]

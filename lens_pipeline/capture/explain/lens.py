@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lens_pipeline.capture.models import LoadedModel
+from lens_pipeline.capture.unembed import positions_per_chunk
 from lens_pipeline.store.cache import ExtractSettings
 
 if TYPE_CHECKING:
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 LENS_TOP = 5
 
 
-LENS_CHUNK = 128  # positions unembedded at once: [128, vocabulary] floats stay a few tens of MB
+# A chunk's positions each keep 4 float32 [vocabulary] rows at once: the final log-probabilities and
+# probabilities, and one lens row's logits and their exponentials (unembed.positions_per_chunk).
+LENS_ARRAYS = 4
 
 
 def lens_row_names(settings: ExtractSettings, n_layers: int) -> list[str]:
@@ -50,9 +53,10 @@ def lens_trajectory(
     next_ids[:, :-1] = input_ids[:, 1:]
     for b, n in enumerate(lengths):
         next_ids[b, n - 1 :] = -1
+    chunk = positions_per_chunk(logits.shape[-1], logits.is_cuda, LENS_ARRAYS)
     with torch.no_grad():
-        for start in range(0, len(real), LENS_CHUNK):
-            rows = torch.tensor(real[start : start + LENS_CHUNK], device=device)
+        for start in range(0, len(real), chunk):
+            rows = torch.tensor(real[start : start + chunk], device=device)
             bi, ti = rows[:, 0], rows[:, 1]
             actual = next_ids[bi, ti]
             has_next = actual >= 0

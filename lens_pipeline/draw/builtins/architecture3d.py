@@ -5,9 +5,10 @@ chosen per-prompt quantity. Clicking a head opens its head view in the viewer
 
 Layout (scene units): layer l is the plane z = l. Its attention heads sit on the row y = 0, spread
 over x in [0, 1] in head order; its stored neurons on the row y = 1 at x = neuron index / MLP width
-(the cache meta's `d_mlp`, else the largest stored index + 1, said so on the figure), so the sample's
-place in the MLP is visible. A line at x = -0.15 is the residual stream from the embeddings (below
-layer 0) to the unembedding (above the last layer).
+(the model's `d_mlp`, from its model card, lens_pipeline/capture/model_card.py; without a card the
+largest stored index + 1, said so on the figure), so the sample's place in the MLP is visible. A
+line at x = -0.15 is the residual stream from the embeddings (below layer 0) to the unembedding
+(above the last layer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lens_pipeline.capture import model_card
 from lens_pipeline.draw import colormap, display
 from lens_pipeline.draw.builtins.attention_stats import prompt_statistics
 from lens_pipeline.draw.builtins.interactive import colorscale
@@ -66,8 +68,12 @@ def head_points(cache: Cache, color: str) -> tuple[Any, list[Link]]:
 
 
 def mlp_width(cache: Cache) -> tuple[int, bool]:
-    """(the MLP width, whether the cache states it) for placing the stored neurons."""
-    stated = cache.meta.get("d_mlp")
+    """(the MLP width, whether it is the model's) for placing the stored neurons: the model card's
+    d_mlp; without a card (or a d_mlp in it), the largest stored neuron index + 1."""
+    try:
+        stated = model_card.card_for(cache).architecture.get("d_mlp")
+    except (model_card.CardMissing, OSError, KeyError, ValueError):
+        stated = None
     if stated:
         return int(stated), True
     return int(cache.neuron_ids.max()) + 1, False

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from lens_pipeline.corpus.compare import compare_caches, group_name
 from lens_pipeline.corpus.neurons import DashboardSettings, dashboards_from_caches
 from lens_pipeline.corpus.projection import corpus_pca
 from lens_pipeline.draw import colormap
@@ -107,8 +108,6 @@ def comparison_figure(result: dict[str, Any], title: str) -> Figure:
 def phrasing_comparison(caches: Sequence[Cache]) -> dict[str, Any]:
     """For each `group`/`pair` of the prompt file: the prompts' next-token predictions, residual norms,
     head entropy differences and the neurons that differ most on aligned tokens."""
-    from lens_pipeline.corpus.compare import compare_caches, group_name  # it imports the built-ins' head statistics
-
     groups: dict[str, list[Cache]] = {}
     for cache in caches:
         name = group_name(cache.meta.get("prompt_metadata") or {})

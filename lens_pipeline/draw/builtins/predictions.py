@@ -10,6 +10,7 @@ viewer's width; each panel says which positions it holds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -35,12 +36,25 @@ def _last_positions(cache: Cache, max_positions: int) -> list[int]:
     return list(range(max(0, cache.n_tokens - max_positions), cache.n_tokens))
 
 
-def probability_panels(title: str, note: str, probs: np.ndarray, texts: np.ndarray, positions: list[int], n_tokens: int,
-                       row_labels: list[str], row_axis: str, col_tokens: list[str], per_panel: int,
-                       bottom_up: bool = False) -> canvas.Canvas:
-    """[rows, positions] probabilities as labelled cells (text = the token), `per_panel` positions a panel.
+@dataclass(frozen=True)
+class PanelLayout:
+    """How probability_panels lays out its cells: the title and note above them, what the rows are
+    (`row_axis`, e.g. "rank"; bottom_up: row 0 drawn at the bottom, as layers grow upwards) and
+    `per_panel` positions a panel."""
 
-    bottom_up: row 0 drawn at the bottom (layers grow upwards)."""
+    title: str
+    note: str
+    row_axis: str
+    per_panel: int
+    bottom_up: bool = False
+
+
+def probability_panels(layout: PanelLayout, probs: np.ndarray, texts: np.ndarray, positions: list[int], n_tokens: int,
+                       row_labels: list[str], col_tokens: list[str]) -> canvas.Canvas:
+    """[rows, positions] probabilities as labelled cells (text = the token), in panels of positions
+    stacked top to bottom as `layout` says; row_labels name the rows, col_tokens the positions."""
+    title, note, row_axis, per_panel, bottom_up = (layout.title, layout.note, layout.row_axis, layout.per_panel,
+                                                   layout.bottom_up)
     rows = probs.shape[0]
     index = colormap.to_index(probs)
     label_w = 10 + max(canvas.text_width(label) for label in [*row_labels, row_axis])
@@ -77,9 +91,9 @@ def topk_heatmap_canvas(cache: Cache, max_positions: int = 60, per_panel: int = 
     shown = f"the last {len(positions)} of {cache.n_tokens} positions" if len(positions) < cache.n_tokens else "every position"
     note = (f"Row r = the model's rank-r guess for the next token after reading the token under the column; "
             f"cell text = that guess, colour = its probability (linear, 0 to 1). Rows 1..{k}; {shown}.")
-    return probability_panels(title_for(cache, "next-token probabilities"), note, probs, cache.topk_strs[positions].T,
-                              positions, cache.n_tokens, [str(r + 1) for r in range(k)], "rank",
-                              token_labels([cache.tokens[p] for p in positions], 12), per_panel)
+    layout = PanelLayout(title_for(cache, "next-token probabilities"), note, "rank", per_panel)
+    return probability_panels(layout, probs, cache.topk_strs[positions].T, positions, cache.n_tokens,
+                              [str(r + 1) for r in range(k)], token_labels([cache.tokens[p] for p in positions], 12))
 
 
 @register_figure(scope="prompt", formats="png", needs=("topk_ids", "lm_head"))
@@ -95,9 +109,9 @@ def logit_lens_canvas(cache: Cache, max_positions: int = 24, per_panel: int = 12
     shown = f"the last {len(positions)} of {cache.n_tokens} positions" if len(positions) < cache.n_tokens else "every position"
     note = ("Row = the residual stream after that layer, read through the final norm and unembedding; cell text = its "
             f"top next token, colour = that token's probability (linear, 0 to 1); layer 0 at the bottom; {shown}.")
-    return probability_panels(title_for(cache, "logit lens: top-1 token per layer"), note, probs, texts, positions,
-                              cache.n_tokens, [str(layer) for layer in range(probs.shape[0])], "layer",
-                              token_labels([cache.tokens[p] for p in positions], 12), per_panel, bottom_up=True)
+    layout = PanelLayout(title_for(cache, "logit lens: top-1 token per layer"), note, "layer", per_panel, bottom_up=True)
+    return probability_panels(layout, probs, texts, positions, cache.n_tokens, [str(layer) for layer in range(probs.shape[0])],
+                              token_labels([cache.tokens[p] for p in positions], 12))
 
 
 @register_figure(scope="prompt", formats="png", needs=("logit_lens_ids", "lm_head"))

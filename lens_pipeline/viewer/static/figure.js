@@ -1,5 +1,6 @@
 // One figure, shown as its row says (row.view: image, html, markdown, json, text), with its
-// status, files and parameters and ways to compare it.
+// status, files and parameters and ways to compare it. A picture of one head's tokens (the server
+// says where they lie on it: row.token_grid) is shown large, in whole pixels, with its tokens.
 import { api, fileText, offers } from "./data.js";
 import { figureImage, fileList, staleBadge, statusNote } from "./figures.js";
 import { el, errorBox, hashFor, headLabel, promptTitle } from "./util.js";
@@ -30,8 +31,62 @@ function followClicks(frame) {
   return () => window.removeEventListener("message", listen);
 }
 
+// CSS pixels per picture pixel that fit the picture's cells in the window below the box's top (at
+// least MIN_PX): a whole number when one comes close, so every cell stays the same size.
+const MIN_PX = 400;
+function zoomFor(cellsPx, box) {
+  const below = window.innerHeight - Math.max(0, box.getBoundingClientRect().top) - 110;  // key labels and caption
+  const room = Math.max(MIN_PX, Math.min(box.clientWidth - 200, below, 1000));
+  const whole = Math.floor(room / cellsPx);
+  return whole >= 1 && whole * cellsPx >= Math.max(MIN_PX, 0.8 * room) ? whole : room / cellsPx;
+}
+
+// The picture large and crisp, query tokens down the left, key tokens along the top; the tokens
+// are the cache's own (GET /api/cache), the ones the picture holds (grid.first, grid.count).
+async function tokenGridFigure(row, grid) {
+  let info;
+  try {
+    info = await api("cache", { model: row.model, prompt: row.prompt_hash, settings: grid.settings_id });
+  } catch (error) {
+    return figureImage(row, "large");  // its cache is gone (or not in this export): the picture alone
+  }
+  const tokens = info.shown_tokens.slice(grid.first, grid.first + grid.count);
+  if (tokens.length !== grid.count) return figureImage(row, "large");  // not the cache it was drawn from
+  const img = el("img", { class: "tg-image", src: row.image.url, alt: `${row.function} ${headLabel(row)}` });
+  const keys = el("div", { class: "tg-keys", "aria-label": "key tokens (attended to)" });
+  const queries = el("div", { class: "tg-queries", "aria-label": "query tokens (attending)" });
+  const box = el("div", { class: "token-grid-figure", dataset: { first: grid.first, count: grid.count } },
+    el("span", { class: "tg-corner muted small", text: "query ↓ · key →" }), keys, queries, img);
+  const frame = el("div", { class: "figure-box large token-grid-box" }, box);
+  img.addEventListener("error", () => frame.replaceChildren(figureImage(row, "large")));
+  const place = () => {
+    if (!frame.isConnected) {  // loaded before the page drew it: place it once it is there
+      requestAnimationFrame(place);
+      return;
+    }
+    const zoom = zoomFor(grid.count * grid.cell, frame);
+    const step = grid.cell * zoom;  // CSS pixels per token
+    const every = Math.max(1, Math.ceil(11 / step));  // labels no closer than 11 px
+    img.style.width = `${img.naturalWidth * zoom}px`;
+    img.style.height = `${img.naturalHeight * zoom}px`;
+    const slot = (cls, i) => {
+      const label = el("span", { class: cls, dataset: { index: grid.first + i }, title: `#${grid.first + i} ${tokens[i]}`,
+                                 text: i % every ? "" : tokens[i] });
+      label.style[cls === "tg-key" ? "width" : "height"] = `${step}px`;
+      label.style.fontSize = `${Math.min(12, Math.max(9, step - 2))}px`;
+      return label;
+    };
+    keys.replaceChildren(...tokens.map((_, i) => slot("tg-key", i)));
+    queries.replaceChildren(...tokens.map((_, i) => slot("tg-query", i)));
+    box.dataset.zoom = zoom;
+  };
+  img.addEventListener("load", place);
+  return frame;
+}
+
 function shown(row) {
   if (row.status === "error" || row.status === "skipped") return null;  // statusNote says why
+  if (row.view === "image" && row.image && row.token_grid) return tokenGridFigure(row, row.token_grid);
   if (row.view === "image" || !row.main) return figureImage(row, "large");
   if (row.view === "html") {
     // Served with a sandboxing CSP; the frame is sandboxed as well: no script, no navigation.
@@ -57,10 +112,12 @@ export async function figure(main, params) {
   const actions = el("div", { class: "actions" },
     offers("compare") ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "models" }, base)), text: "Compare across models" }) : null,
     row.layer !== null && offers("compare") ? el("a", { class: "button", href: hashFor(Object.assign({ view: "compare", across: "layers" }, base)), text: "Compare across layers" }) : null,
+    // The head view opens on the colour scale the picture was drawn with.
     row.layer !== null && row.head !== null && row.prompt_hash ?
-      el("a", { class: "button secondary", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: row.layer, head: row.head }), text: "Interactive head" }) : null,
+      el("a", { class: "button", href: hashFor({ view: "head", model: row.model, prompt: row.prompt_hash, layer: row.layer, head: row.head,
+                                                 scale: row.params.scale }), text: "Interactive head" }) : null,
     row.prompt_hash ? el("a", { class: "button secondary", href: hashFor({ view: "tokens", model: row.model, prompt: row.prompt_hash, layer: row.layer ?? 0 }), text: "Token values" }) : null);
-  const figureBox = shown(row);
+  const figureBox = await shown(row);
   main.replaceChildren(el("div", { class: "page", dataset: { status: row.status } },
     el("h1", {}, row.function, " ", el("span", { class: "badge", text: headLabel(row) || row.scope }), staleBadge(row)),
     el("p", { class: "muted", text: row.model }),

@@ -36,7 +36,8 @@ export function staleBadge(row) {
   return row.status === "stale" ? el("span", { class: "badge stale-badge", title: row.reason, text: "stale" }) : null;
 }
 
-// Above a figure shown large: why it is stale, or the error with its traceback to expand.
+// Above a figure shown large: why it is stale, the error with its traceback to expand, or a note
+// on it (e.g. in an export: what of its input the export lacks).
 export function statusNote(row) {
   if (row.status === "stale") {
     return el("div", { class: "note stale-note", role: "status" }, el("strong", { text: "Stale: " }),
@@ -48,6 +49,7 @@ export function statusNote(row) {
         el("pre", { text: row.traceback })) : null);
   }
   if (row.status === "skipped") return el("p", { class: "note", text: `Skipped: ${row.reason || "this figure does not apply here"}` });
+  if (row.note) return el("p", { class: "note figure-note", role: "status", text: row.note });
   return null;
 }
 
@@ -68,6 +70,7 @@ export function figureCard(row) {
       el("div", { class: "card-meta" }, label ? el("span", { class: "badge", text: label }) : null, staleBadge(row),
         el("span", { class: "muted small", text: row.model })),
       row.status === "stale" ? el("div", { class: "card-reason", text: row.reason }) : null,
+      row.note ? el("div", { class: "card-note", text: row.note }) : null,
       row.text ? el("div", { class: "card-text", text: row.text }) : null));
 }
 

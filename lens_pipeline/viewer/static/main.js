@@ -2,7 +2,7 @@
 import { start } from "./app.js";
 import { el } from "./util.js";
 
-// The corpus views (lens_pipeline/corpus/api.py answers them) get tabs on the server's page only: a
+// The corpus views (lens_pipeline/viewer/corpus.py answers them) get tabs on the server's page only: a
 // static export or a notebook widget has no corpus endpoints.
 document.querySelector("nav.tabs").append(
   el("a", { href: "#view=neurons", dataset: { tab: "neurons" }, text: "Neurons" }),

@@ -3,6 +3,7 @@
 // tokens where it is active and the tokens it promotes and suppresses. The server sends every value
 // and colour; this module only draws them.
 import { api, legendBar } from "./data.js";
+import { emptyView } from "./steps.js";
 import { el, formatValue, go, hashFor, hideTooltip, select, showTooltip, tipRow } from "./util.js";
 
 function contextRow(data, context, index) {
@@ -46,8 +47,7 @@ export async function neurons(main, params) {
   const p = Object.fromEntries(params);
   const listing = await api("neurons", { model: p.model });
   if (!listing.models.length) {
-    main.replaceChildren(el("div", { class: "page" }, el("h1", { text: "Neurons" }),
-      el("p", { class: "empty", text: "No neuron dashboards yet: run python -m lens_pipeline.corpus on a save path with a shared neuron basis." })));
+    main.replaceChildren(await emptyView("Neurons", "neurons") || el("p", { class: "empty", text: "No neuron dashboards." }));
     return;
   }
   const model = listing.models.includes(p.model) ? p.model : listing.models[0];

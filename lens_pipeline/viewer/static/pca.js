@@ -2,6 +2,7 @@
 // the same two axes; pick a prompt to highlight its tokens, in order, with their labels. Coordinates
 // and colours come from the server; this module only places them.
 import { api } from "./data.js";
+import { emptyView } from "./steps.js";
 import { el, go, select, svgNode } from "./util.js";
 
 const node = svgNode;
@@ -10,11 +11,20 @@ export async function pca(main, params) {
   const p = Object.fromEntries(params);
   const models = (await api("neurons")).models;
   const model = models.includes(p.model) ? p.model : models[0];
+  const empty = async () => emptyView("Token PCA over the corpus", "pca", model);
   if (!model) {
-    main.replaceChildren(el("div", { class: "page" }, el("p", { class: "empty", text: "No corpus built yet: python -m lens_pipeline.corpus --pca" })));
+    main.replaceChildren(await empty() || el("p", { class: "empty", text: "No corpus PCA." }));
     return;
   }
-  const data = await api("corpus_pca", { model });
+  let data;
+  try {
+    data = await api("corpus_pca", { model });
+  } catch (error) {
+    const steps = await empty();  // not built for this model yet: say how
+    if (!steps) throw error;
+    main.replaceChildren(steps);
+    return;
+  }
   const chosen = data.prompts.findIndex((q) => q.prompt_hash === p.prompt);
   const size = 560, pad = 20;
   const all = data.prompts.flatMap((q) => q.coords);

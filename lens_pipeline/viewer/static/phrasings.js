@@ -3,6 +3,7 @@
 // attention statistics as differences from the first prompt, and the neurons that differ most on
 // the aligned tokens, drawn as lines across prompts. The server sends every value and colour.
 import { api, legendBar } from "./data.js";
+import { emptyView, nextSteps } from "./steps.js";
 import { el, formatValue, go, hashFor, select, svgNode } from "./util.js";
 
 const svg = svgNode;
@@ -63,6 +64,10 @@ export async function phrasings(main, params) {
   const p = Object.fromEntries(params);
   const summaryModels = (await api("summary")).models.map((m) => (typeof m === "string" ? m : m.name));
   const model = summaryModels.includes(p.model) ? p.model : summaryModels[0];
+  if (!model) {
+    main.replaceChildren(await emptyView("Compare prompts", "phrasings") || el("p", { class: "empty", text: "No prompts." }));
+    return;
+  }
   const groups = (await api("prompt_groups", { model })).groups;
   const group = groups.some((g) => g.name === p.group) ? p.group : (p.prompts ? "" : groups[0]?.name || "");
   const stat = p.stat || "entropy";
@@ -74,7 +79,7 @@ export async function phrasings(main, params) {
       select("Group", "group", groups.map((g) => [g.name, `${g.name} (${g.prompts.length})`]), group, (v) => set({ group: v, prompts: null }))),
     body));
   if (!group && !p.prompts) {
-    body.replaceChildren(el("p", { class: "empty", text: "No groups: give prompts a \"group\" or \"pair\" field in the JSONL." }));
+    body.replaceChildren(nextSteps(await api("next_steps", { view: "phrasings", model })));
     return;
   }
   const data = await api("compare_prompts", { model, group, prompts: group ? null : p.prompts });

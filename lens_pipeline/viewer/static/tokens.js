@@ -58,6 +58,7 @@ export async function tokens(main, params) {
   legend.replaceChildren(el("span", { class: "legend-title", text: data.title }),
     el("span", { class: "muted", text: formatValue(data.vmin) }), legendBar(data.cmap),
     el("span", { class: "muted", text: `${formatValue(data.vmax)} ${kind ? kind.unit : ""}` }),
-    data.range_note ? el("span", { class: "muted", text: `(colour range: ${data.range_note})` }) : null);
+    // replaceChildren writes a null as the text "null": leave the note out instead
+    ...(data.range_note ? [el("span", { class: "muted", text: `(colour range: ${data.range_note})` })] : []));
   body.replaceChildren(...data.values.map((_, i) => tokenSpan(data, i)));
 }
