@@ -6,9 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lens_pipeline.store.cache import (
-    ExtractSettings,
-)
+from lens_pipeline.store.cache import ExtractSettings
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 

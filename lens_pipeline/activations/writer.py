@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from lens_pipeline.store import index
-from lens_pipeline.store.cache import (
-    write_atomic,
-)
+from lens_pipeline.store.cache import write_atomic
 
 Record = Callable[[list[dict[str, Any]]], Any]
 

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lens_pipeline.draw.registry import FigureSpec
-from lens_pipeline.figures.choose import (
-    effective_params,
-)
+from lens_pipeline.figures.choose import effective_params
 from lens_pipeline.figures.settings import FiguresSettings
 from lens_pipeline.figures.task import Jobs, Task
 from lens_pipeline.store import index
@@ -92,6 +90,7 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
     damaged = [row for key, row in current.items() if key not in present and selected(row)
                and (save_path / row["path"]).is_file()]
     plan.damaged = damaged
+    damaged_paths = {row["path"] for row in damaged}
     figures = {key: row for key, row in newest.items() if row["kind"] == "figure"}
     per_prompt = [s for s in specs if s.scope != "model"]
     shapes: dict[str, Any] = {}  # cache path -> its meta (layers, heads); read from the file only
@@ -111,7 +110,7 @@ def plan_figures(save_path: Path, specs: Sequence[FigureSpec], settings: Figures
             params = effective_params(spec, settings.params)
             for task in _tasks_for(spec, shape, settings.layers, settings.heads) if shape else [Task(spec.name)]:
                 key = ("figure", cache_row["model"], cache_row["prompt_hash"], task.function, task.layer, task.head, "")
-                recorded = None if cache_row in damaged else figures.get(key)
+                recorded = None if cache_row["path"] in damaged_paths else figures.get(key)
                 if _to_draw(plan, recorded, key, spec, params, cache_row.get("sha256"), save_path, settings):
                     jobs.append((task, params))
         if jobs:

@@ -6,9 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from lens_pipeline.figures.choose import (
-    parse_range,
-)
+from lens_pipeline.figures.choose import parse_range
 
 
 @dataclass(frozen=True)
