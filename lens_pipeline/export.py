@@ -9,7 +9,8 @@ DIR holds index.html (the viewer's page with the server's Content-Security-Polic
 static/ (the stylesheet and the viewer's modules bundled into one classic script, entry
 exported.js), data/index.js (display facts, summary, every figure and prompt row, the rows each
 filter value lists), data/pN.js (one per prompt: its cache's answers — metadata, every head, every
-token value the page offers, predictions — and the text of its figures' patterns and documents)
+token value the page offers, predictions, why each explained token was predicted, the causes it
+tests with every head's card — and the text of its figures' patterns and documents)
 and files/ (the figure files at their save-path paths). Every answer is the viewer API's own:
 a ViewerApi over the selected index rows computes it (lens_pipeline.viewer); data files carry
 them packed (viewer.transport) and gzipped. `--single-file` writes one HTML file for one prompt,
@@ -45,6 +46,7 @@ from lens_pipeline.server import PAGE_CSP, STATIC_DIR, flags_for
 from lens_pipeline.store import index
 from lens_pipeline.viewer import Params, ViewerApi, resolve_inside
 from lens_pipeline.viewer.bundle import bundle, stylesheet
+from lens_pipeline.viewer.cause import CAUSAL_ARRAYS
 from lens_pipeline.viewer.live_index import IndexView, LiveIndex
 from lens_pipeline.viewer.rows import prompt_row, public_row
 from lens_pipeline.viewer.transport import answer_key, ask, script_json
@@ -196,7 +198,28 @@ def cache_answers(export: Export, model: str, prompt: str) -> dict[str, Any]:
         for request in token_requests(info):
             add("tokens", {**where, **request})
         add("predictions", where)
+        causes = add("cause", where) if any(name in info["arrays"] for name in CAUSAL_ARRAYS) else None
+        if info.get("explains") or causes:
+            why_requests(add, where, causes)
+        if causes and "body" in causes:
+            for layer in range(info["n_layers"]):
+                for head in range(info["n_heads"]):
+                    add("cause_head", {**where, "layer": layer, "head": head})
     return table
+
+
+def why_requests(add: Callable[[str, dict[str, Any]], dict[str, Any]], where: dict[str, Any],
+                 causes: dict[str, Any] | None) -> None:
+    """The why view's answers an export keeps: its first one, each explained position, and the position the
+    cause view (`causes`: its answer) measures; the lens alone exists at every position, those answers stay out."""
+    first = add("why", where)
+    if "body" not in first:
+        return
+    positions = list(first["body"].get("target_positions") or [])
+    if causes and "body" in causes:
+        positions.append(causes["body"]["target_position"])
+    for position in dict.fromkeys(positions):
+        add("why", {**where, "position": position})
 
 
 def file_texts(export: Export, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_length_sweep_prints_a_row_per_length_with_memory_from_fresh_processes(t
 
 
 
-BENCHMARKS = ["stage", "figures", "explain", "ig_tolerance", "server", "corpus", "interactive", "vs_pattern_lens"]
+BENCHMARKS = ["stage", "figures", "explain", "ig_tolerance", "patching", "server", "corpus", "interactive", "vs_pattern_lens"]
 
 
 def test_every_benchmark_module_is_listed() -> None:
@@ -130,3 +130,15 @@ def test_ig_tolerance_bench_reports_both_runs(tmp_path: Path) -> None:
     fixed, adaptive = json.loads(out.read_text())["runs"]
     assert fixed["steps_used"] == {"4": fixed["targets"]} and fixed["prompts"] == adaptive["prompts"] == 2
     assert adaptive["error_max"] <= 0.01 or adaptive["over_tolerance"]
+
+
+def test_patching_bench_reports_every_site_and_the_estimate(tmp_path: Path) -> None:
+    out = tmp_path / "patching.json"
+    done = subprocess.run(python_cmd("-m", "scripts.bench.patching", "--model", "tiny-llama", "--random-weights",
+                                     "--repeats", "1", "--json", str(out)),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert [site["site"] for site in results["sites"]] == ["resid_pre", "attn_out", "mlp_out", "heads"]
+    assert all(site["throughput_ratio"] > 0 and site["rows"] > 0 for site in results["sites"])
+    assert results["attribution_patching"]["speedup"] > 0 and "faster" in done.stdout

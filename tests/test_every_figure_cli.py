@@ -28,6 +28,9 @@ PROMPTS = [
     {"text": "Friends, Romans, countrymen, lend me your ears.", "target": " I"},
     {"text": "Brevity is the soul of wit.", "target_positions": "all"},  # attribution_matrix needs several targets
 ]
+# The causal figures need a prompt pair patched and ablated (docs/causal.md): short, so the heads x positions sweep stays quick.
+CAUSAL_PROMPTS = [{"id": "ioi", "text": "Mary met John. John thanked", "corrupt": "Mary met John. Mary thanked",
+                   "contrast": [" Mary", " John"]}]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")
 
 
@@ -52,6 +55,10 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
     run("-m", "lens_pipeline.activations", "--model", "smollm2", "--prompts", str(prompts), "--save-path", str(save),
         "--neuron-basis", "variance", "--neurons", "4", "--logit-lens", "--attribution", "all", "--ig-steps", "8",
         "--logit-attribution", "--lens-trajectory", "--embedding-views", "--quiet")
+    causal = write_jsonl(folder / "causal.jsonl", CAUSAL_PROMPTS)
+    run("-m", "lens_pipeline.activations", "--model", "smollm2", "--prompts", str(causal), "--save-path", str(save),
+        "--neuron-basis", "variance", "--neurons", "4", "--patch", "resid_pre,heads,heads_pos", "--ablate", "heads,mlp",
+        "--attribution-patching", "--quiet")
     run("-m", "lens_pipeline.corpus", "--save-path", str(save), "--pca", "--top-k", "3", "--window", "2")
     figures = run("-m", "lens_pipeline.figures", "--save-path", str(save), "--figures", "*", "--layers", "0",
                   "--heads", "0", "--param", "knitting_pattern.width=10", "--param", "knitting_pattern.height=10",

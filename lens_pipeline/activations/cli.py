@@ -91,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding-views", action="store_true",
                         help="also store each layer's residual stream projected on the model card's shared basis and "
                         "each token's nearest neighbours in the input embeddings (for the embedding figures)")
+    causal = parser.add_argument_group("testing causes (prompts with a \"corrupt\" field; docs/causal.md)")
+    causal.add_argument("--patch", default="", metavar="SITES",
+                        help="patch the clean run's activations into the corrupted run one site at a time, "
+                        "comma-separated: resid_pre, attn_out, mlp_out (each layer x position), heads (each head, "
+                        "all positions), heads_pos (each head x position), or all; stored normalised: 1 = clean, 0 = corrupted")
+    causal.add_argument("--patch-metric", default="logit_diff", choices=["logit_diff", "prob", "logprob", "kl"],
+                        help="what patching and ablation measure after the last token: logit_diff (default: "
+                        "logit(A) - logit(B) for a \"contrast\" pair, else the target's logit), the target's prob or "
+                        "logprob, or kl (KL from the clean next-token distribution)")
+    causal.add_argument("--ablate", default="", metavar="PARTS",
+                        help="ablate each head and/or MLP layer (comma-separated: heads, mlp) and store the metric's "
+                        "change from the clean run; needs no corrupt prompt")
+    causal.add_argument("--ablation", default="zero", choices=["zero", "mean"],
+                        help="what an ablated part outputs: zero (default) or its mean over the prompt set (one "
+                        "streaming pass, kept in caches/<model>/ablation_means.npz)")
+    causal.add_argument("--attribution-patching", action="store_true",
+                        help="also store the gradient estimate of every --patch sweep (one forward and one backward "
+                        "on the corrupted run) and its correlation with the exact result per site")
     parser.add_argument("--max-tokens", type=int, default=1024,
                         help="truncate prompts to this many tokens (and the model context); recorded as a warning")
     parser.add_argument("--random-weights", action="store_true",
@@ -134,6 +152,9 @@ def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
             ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
             logit_attribution=args.logit_attribution, lens_trajectory=args.lens_trajectory or args.lens_resid_mid,
             lens_resid_mid=args.lens_resid_mid, embedding_views=args.embedding_views,
+            patch="resid_pre,attn_out,mlp_out,heads,heads_pos" if args.patch.strip() == "all" else args.patch,
+            patch_metric=args.patch_metric, ablate=args.ablate, ablation=args.ablation,
+            attribution_patching=args.attribution_patching,
         ),
         batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
         force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from lens_pipeline.activations.resume import Todo
 from lens_pipeline.activations.rows import error_row, serialize_cache
 from lens_pipeline.activations.writer import CacheWriter, Record, SavePathError
-from lens_pipeline.capture.models import ModelLoadError
+from lens_pipeline.capture.models import ModelLoadError, slug
 from lens_pipeline.capture.prompts import Prompt
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import (
@@ -46,11 +46,16 @@ def run_prompts(
         from lens_pipeline.capture import explain
 
         explain.check_model(model, settings)
+    if settings.causal:
+        from lens_pipeline.capture import causal
+
+        causal.check_model(model, settings)
     limit = extract.context_limit(model, settings)
     token_strings = extract.TokenStrings(model.tokenizer)
     memory = extract.MemoryLimit()  # shrinks after an out-of-memory, for the rest of the run
     items = [(prompt, hash_, extract.tokenize(model, prompt.text, limit)) for prompt, hash_ in todo]
     rejected = _attach_targets(model, settings, items)  # a target that is not one token: that prompt fails
+    causal_run = CausalRun.start(model, settings, items, save_path, limit, rejected)  # a corrupt prompt of another length too
     for prompt, hash_, error in rejected:
         log(f"error: {error}")
     if rejected:
@@ -61,7 +66,7 @@ def run_prompts(
     def compress(job: tuple[tuple[Prompt, str, Any], Any], map_members: Callable[..., Any]) -> tuple[Path, bytes, dict[str, Any]]:
         (prompt, hash_, tokens), result = job
         meta = dict(base_meta, prompt_hash=hash_, text=prompt.text, n_tokens=len(tokens.ids),
-                    prompt_source=prompt.source, prompt_metadata=prompt.metadata)
+                    prompt_source=prompt.source, prompt_metadata=prompt.metadata, **causal_run.meta.pop(hash_, {}))
         warnings = []
         if tokens.truncated_from:
             warnings.append(f"truncated from {tokens.truncated_from} to {len(tokens.ids)} tokens")
@@ -78,6 +83,7 @@ def run_prompts(
             batch = items[start : start + batch_size]
             try:
                 results = extract.run_batch_with_oom_split(model, [t for _, _, t in batch], settings, token_strings, log, memory)
+                causal_run.add(batch, results)  # patching and ablation, when asked for
             except Exception as error:  # a batch that breaks is recorded per prompt and retried next run
                 failed += len(batch)
                 record([error_row(source, h, p, error, settings) for p, h, _ in batch])
@@ -103,10 +109,63 @@ def run_prompts(
     return writer.written, failed
 
 
+class CausalRun:
+    """The patching and ablation of a run's prompts (lens_pipeline/capture/causal): each prompt's
+    corruption checked before any forward, arrays added to its batch's results, meta kept for its cache."""
+
+    def __init__(self, model: Any, settings: ExtractSettings, corruptions: dict[str, Any], stored: dict[str, Path],
+                 means: dict[str, Any] | None):
+        self.model, self.settings, self.corruptions, self.stored, self.means = model, settings, corruptions, stored, means
+        self.meta: dict[str, dict[str, Any]] = {}  # prompt hash -> its cache's meta entries
+
+    @classmethod
+    def start(cls, model: Any, settings: ExtractSettings, items: list[Any], save_path: Path, limit: int,
+              rejected: list[tuple[Prompt, str, Exception]]) -> "CausalRun":
+        """Corruptions of every item (items that cannot be corrupted move to `rejected`), earlier caches to reuse, the means."""
+        if not settings.causal:
+            return cls(model, settings, {}, {}, None)
+        from lens_pipeline.activations.resume import reusable_causal
+        from lens_pipeline.capture import causal
+        from lens_pipeline.corpus.ablation_means import read_means
+
+        corruptions, kept = {}, []
+        for prompt, hash_, tokens in items:
+            try:
+                corruptions[hash_] = causal.corruption_of(model, prompt, tokens.ids, limit)
+                kept.append((prompt, hash_, tokens))
+            except causal.CorruptionError as error:
+                rejected.append((prompt, hash_, error))
+        items[:] = kept
+        stored = reusable_causal(save_path, model.source, settings, [(p, h) for p, h, _ in kept])
+        means = read_means(save_path, slug(model.source.name)) if settings.ablate and settings.ablation == "mean" else None
+        return cls(model, settings, corruptions, stored, means)
+
+    def add(self, batch: list[Any], results: list[Any]) -> None:
+        """Each prompt's causal arrays into its result, and its meta into self.meta."""
+        if not self.settings.causal:
+            return
+        from lens_pipeline.capture import causal
+        from lens_pipeline.capture.explain.targets import Targets
+        from lens_pipeline.store.cache import load
+
+        names = (causal.PATCH_PREFIX, causal.ESTIMATE_PREFIX, causal.ABLATE_PREFIX)
+        for (prompt, hash_, tokens), result in zip(batch, results):
+            stored = {}
+            if hash_ in self.stored:
+                earlier = load(self.stored[hash_])
+                stored = {name: earlier.array(name) for name in earlier.names() if name.startswith(names)}
+            arrays, meta = causal.causal_arrays(
+                self.model, tokens.ids, tokens.targets or Targets(), self.corruptions.get(hash_), self.settings,
+                lambda i: self.model.tokenizer.decode([i]), self.means, stored)
+            result.arrays.update(arrays)
+            meta["request"] = causal.request(self.settings, prompt.metadata)
+            self.meta[hash_] = {"cause": meta}  # not "causal": that key says whether the model is a causal LM
+
+
 def _attach_targets(model: Any, settings: ExtractSettings, items: list[Any]) -> list[tuple[Prompt, str, Exception]]:
     """Give each (prompt, hash, tokens) item its targets, in place; items whose target cannot be
     explained are removed and returned with the error."""
-    if not settings.needs_targets:
+    if not (settings.needs_targets or settings.causal):
         return []
     from lens_pipeline.capture import explain
 

@@ -68,6 +68,24 @@ def find_pending(
 
 def _same_targets(settings: ExtractSettings, row: dict[str, Any], prompt: Prompt) -> bool:
     """A cache that explains targets is current only for the target fields it was made for."""
-    if not settings.needs_targets:
+    if not (settings.needs_targets or settings.causal):
         return True
     return target_request(row.get("prompt_metadata") or {}) == target_request(prompt.metadata)
+
+
+def reusable_causal(save_path: Path, source: ModelSource, settings: ExtractSettings,
+                    prompts: Sequence[tuple[Prompt, str]]) -> dict[str, Path]:
+    """prompt hash -> an earlier intact cache of that prompt made for the same causal request (pair, target,
+    metric, ablation): its patching and ablation arrays are kept, so a rerun that adds sites computes only those."""
+    from lens_pipeline.capture.causal import request
+
+    wanted = {hash_: request(settings, prompt.metadata) for prompt, hash_ in prompts}
+    check, found = ContentCheck(save_path), {}
+    rows = index.latest(index.read_rows(save_path, warn=lambda message: None)).values()
+    for row in sorted(rows, key=lambda r: str(r.get("created", ""))):  # the newest last, so it wins
+        hash_ = row.get("prompt_hash")
+        if (row.get("kind") == "cache" and row.get("model") == source.name and row.get("status") == "ok"
+                and hash_ in wanted and row.get("causal_request") == wanted[hash_] and check.holds(row)):
+            found[hash_] = save_path / row["path"]
+    check.save()
+    return found

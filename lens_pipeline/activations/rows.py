@@ -45,6 +45,9 @@ def serialize_cache(
         meta = dict(meta, **explained)
         missed = ig_misses(explained)
         warnings = warnings + [missed] if missed else warnings
+    if "cause" in meta:  # what the patching was made for (reruns reuse it) and where its estimate can be trusted
+        explained = dict(explained, causal_request=meta["cause"]["request"],
+                         causal_correlation=meta["cause"].get("attribution_patching_correlation"))
     data = serialize(CacheContents(meta, arrays), map_members)
     relpath = cache_relpath(source, hash_, settings)
     row = index.make_row(

@@ -17,6 +17,7 @@ from lens_pipeline.activations.settings import DEFAULT_PROMPTS, DEFAULT_SAVE_PAT
 from lens_pipeline.activations.writer import check_writable
 from lens_pipeline.capture.models import DEFAULT_MODEL, ModelSource, slug
 from lens_pipeline.capture.prompts import Prompt, PromptFileError, read_prompts
+from lens_pipeline.corpus.ablation_means import resolve_means
 from lens_pipeline.corpus.basis import resolve_basis
 from lens_pipeline.store import index
 from lens_pipeline.store.cache import (
@@ -49,7 +50,7 @@ def run_activations(
     """Run the stage from Python; returns counts. `settings`, or its fields as keywords (batch_size=4,
     logit_lens=True, ...; see ActivationsSettings and ExtractSettings). Raises ModelLoadError,
     PromptFileError, SavePathError."""
-    from lens_pipeline.capture import model_card
+    from lens_pipeline.capture import head_roles, model_card
     from lens_pipeline.capture import models as model_sources
 
     settings = settings or ActivationsSettings.build(**options)
@@ -58,6 +59,10 @@ def run_activations(
         from lens_pipeline.capture import explain
 
         explain.check_settings(settings.extract)
+    if settings.extract.causal:  # likewise an unknown --patch site or metric
+        from lens_pipeline.capture import causal
+
+        causal.check_settings(settings.extract)
     started = time.perf_counter()
     save_path = Path(save_path)
     if isinstance(models, str) or models is None:
@@ -78,6 +83,9 @@ def run_activations(
         extract, model = resolve_basis(source, slug(source.name), list(dict.fromkeys(p.text for p in good)), save_path,
                                        settings.extract, device=settings.device, batch_size=settings.batch_size,
                                        force=settings.force, log=log)
+        extract, model = resolve_means(source, slug(source.name), list(dict.fromkeys(p.text for p in good)), save_path,
+                                       extract, device=settings.device, batch_size=settings.batch_size,
+                                       force=settings.force, log=log, model=model)
         chosen = dataclasses.replace(settings, extract=extract)  # this model's basis filled in (corpus/basis.py)
         pending = find_pending(source, good, save_path, chosen, newest)
         for row in pending.corrupt:
@@ -95,9 +103,11 @@ def run_activations(
             summary.failed += failed
         else:
             log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
-            if not model_card.is_current(save_path, source, newest):  # a save path from before model cards
-                model_card.ensure(model or model_sources.load_model(source, settings.device, settings.extract.dtype),
-                                  save_path, functools.partial(index.append_rows, save_path), log)
+            if not (model_card.is_current(save_path, source, newest)  # a save path from before model cards
+                    and head_roles.is_current(save_path, source, newest)):  # or before head roles
+                model = model or model_sources.load_model(source, settings.device, settings.extract.dtype)
+                model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
+                head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
                 summary.models_loaded.append(source.name)
         if settings.prune:
             summary.pruned += prune_caches(source, save_path, log)
@@ -124,14 +134,16 @@ def _run_model(
     source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
     model: Any = None,
 ) -> tuple[int, int]:
-    from lens_pipeline.capture import explain, model_card
+    from lens_pipeline.capture import explain, head_roles, model_card
     from lens_pipeline.capture import models as model_sources
 
     if settings.ray:
         counts = run_on_ray(source, todo, save_path, settings, log)
-        if not model_card.is_current(save_path, source):  # the workers' models are gone: the card is made here
-            model_card.ensure(model or model_sources.load_model(source, "cpu", explain.model_dtype(settings.extract)),
-                              save_path, functools.partial(index.append_rows, save_path), log)
+        # The workers' models are gone: the card and the head roles are made here.
+        if not (model_card.is_current(save_path, source) and head_roles.is_current(save_path, source)):
+            model = model or model_sources.load_model(source, "cpu", explain.model_dtype(settings.extract))
+            model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
+            head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
         return counts
     log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
     model = model or model_sources.load_model(source, settings.device, explain.model_dtype(settings.extract))
@@ -139,6 +151,7 @@ def _run_model(
     counts = run_prompts(model, todo, save_path, settings.extract, batch_size=settings.batch_size,
                          progress=settings.progress, log=log)
     model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)  # after the caches: they come first
+    head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
     return counts
 
 

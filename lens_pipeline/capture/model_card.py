@@ -423,12 +423,8 @@ def is_current(save_path: str | Path, source: ModelSource, newest: dict[index.Ke
     """Whether the save path holds this version's card of `source`, files intact (with `accept_error`,
     a card that failed for this version counts too: it is not retried on every run)."""
     newest = newest if newest is not None else index.latest(index.read_rows(save_path))
-    row = newest.get(card_key(source.name))
-    if row is None or row.get("card_version") != CARD_VERSION or row.get("model_id") != source.model_id:
-        return False
-    if row.get("status") == "error":
-        return accept_error
-    return index.is_complete(row, save_path)
+    return index.model_output_current(newest.get(card_key(source.name)), save_path, "card_version", CARD_VERSION, source.model_id,
+                                      accept_error)
 
 
 _BASES: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model id -> the residual basis the caches project on

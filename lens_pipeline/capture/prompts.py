@@ -38,11 +38,36 @@ class PromptFileError(Exception):
 # next token) instead of the default "last" (the top-1 prediction after the last token).
 TARGET_FIELDS = ("target", "contrast", "target_positions")
 TARGET_POSITIONS = ("last", "all")
+# A prompt's corrupted twin for patching (lens_pipeline/capture/causal, docs/causal.md): a text of the same
+# token length, or Gaussian noise on a span of its token embeddings.
+CORRUPT_FIELD = "corrupt"
 
 
 def target_request(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The target fields a prompt sets: part of what a cache that explains it was made for."""
-    return {key: metadata[key] for key in TARGET_FIELDS if key in metadata}
+    """The target fields (and corruption) a prompt sets: part of what a cache that explains it was made for."""
+    return {key: metadata[key] for key in (*TARGET_FIELDS, CORRUPT_FIELD) if key in metadata}
+
+
+def corrupt_problem(corrupt: Any) -> str | None:
+    """Why a JSONL record's "corrupt" field cannot be used, or None (token lengths are checked with the model)."""
+    if corrupt is None or (isinstance(corrupt, str) and corrupt.strip()):
+        return None
+    example = '"corrupt": "<a text of the same token length>" or {"noise": [1, 4], "scale": 3.0, "seed": 0}'
+    if not isinstance(corrupt, dict):
+        return f'"corrupt" must be a non-empty text or a noise spec: {example}'
+    unknown = sorted(set(corrupt) - {"noise", "scale", "seed"})
+    span = corrupt.get("noise")
+    if unknown:
+        return f'"corrupt" has unknown field(s) {unknown}: {example}'
+    if not (isinstance(span, list) and len(span) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in span)
+            and 0 <= span[0] < span[1]):
+        return f'"corrupt" noise span must be [start, end] token positions with 0 <= start < end: {example}'
+    scale, seed = corrupt.get("scale", 3.0), corrupt.get("seed", 0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        return f'"corrupt" scale must be a positive number (the noise std in embedding stds), not {scale!r}'
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f'"corrupt" seed must be an integer, not {seed!r}'
+    return None
 
 
 def target_problem(record: dict[str, Any]) -> str | None:
@@ -60,7 +85,9 @@ def target_problem(record: dict[str, Any]) -> str | None:
         return f'"target_positions" must be one of {list(TARGET_POSITIONS)}, not {positions!r}'
     if positions == "all" and (target is not None or contrast is not None):
         return '"target_positions": "all" explains every actual next token; it takes no "target" or "contrast"'
-    return None
+    if positions == "all" and record.get(CORRUPT_FIELD) is not None:
+        return '"corrupt" patches one prediction (after the last token); it cannot go with "target_positions": "all"'
+    return corrupt_problem(record.get(CORRUPT_FIELD))
 
 
 def _is_jsonl(path: Path, first_line: str) -> bool:

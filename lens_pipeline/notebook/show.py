@@ -7,6 +7,7 @@
     show.tokens(cache, kind="resid_norm", layer=12)   # kinds: lens_pipeline.draw.token_values.VALUE_KINDS
     show.predictions(cache)                  # next-token predictions at each position
     show.why(cache, position=12)             # why the token after position 12: attribution, heads, lens
+    show.cause(cache, 18, 6)                 # testing causes: patching and ablation; one head's numbers together
 
 `cache` is a `lens_pipeline.store.cache.Cache` or a cache file's path. Each call returns a `LensView`
 (an anywidget widget) drawn by the viewer's own ES modules (lens_pipeline/viewer/static, made one module
@@ -29,6 +30,7 @@ from lens_pipeline.draw.token_values import VALUE_KINDS, kind_choices
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer import CacheApi
 from lens_pipeline.viewer.bundle import bundle, stylesheet
+from lens_pipeline.viewer.cause import has_causes
 from lens_pipeline.viewer.transport import answer_key, ask
 
 EMBED_BYTES = 2_000_000  # answers embedded in the widget state beyond the first one's, at most
@@ -165,3 +167,24 @@ def why(cache: Cache | str | os.PathLike[str], position: int | None = None) -> L
     if position is not None and not 0 <= position < cache.n_tokens:
         raise ValueError(f"position {position} is out of range: the prompt has tokens 0..{cache.n_tokens - 1}")
     return LensView(cache, "why", [("why", {"position": position} if position is not None else {})], position=position)
+
+
+def cause(cache: Cache | str | os.PathLike[str], layer: int | None = None, head: int | None = None) -> LensView:
+    """Testing causes (docs/causal.md): the patching metric and its two runs, patching per layer and
+    position, the heads' patching and ablation and the MLPs'; with `layer` and `head`, that head's
+    direct logit attribution, patching effect (per position too), ablation effect and detector
+    scores together. Click a head to see its numbers (caches made with --ablate, or with --patch on
+    a prompt with a "corrupt" field)."""
+    cache = _open(cache)
+    if not has_causes(cache):
+        raise ValueError(f"{cache.path.name} tests no causes: make it with --ablate, or with --patch on a prompt line "
+                         'with a "corrupt" field (docs/causal.md)')
+    if (layer is None) != (head is None):
+        raise ValueError("give both layer and head, or neither")
+    first: list[tuple[str, dict[str, Any]]] = [("cause", {})]
+    if layer is not None and head is not None:
+        _check_head(cache, layer, head)
+        first.append(("cause_head", {"layer": layer, "head": head}))
+    heads = [("cause_head", {"layer": la, "head": h}) for la in range(cache.n_layers) for h in range(cache.n_heads)
+             if (la, h) != (layer, head)]
+    return LensView(cache, "cause", first, heads, layer=layer, head=head)

@@ -133,13 +133,28 @@ CACHE_ARRAYS: tuple[ArraySpec, ...] = (
               "each token's 5 nearest tokens by cosine similarity of input embeddings (itself left out)"),
     ArraySpec("embed_neighbor_sims", "float16", "[T, 5]", "embedding_views", "their cosine similarities"),
     ArraySpec("embed_neighbor_strs", "str", "[T, 5]", "embedding_views", "their strings"),
+    # Testing causes (lens_pipeline/capture/causal; docs/causal.md). Patching: 1.0 is the clean run's metric, 0.0 the
+    # corrupted run's; a prompt without "corrupt" has no patch arrays.
+    *(ArraySpec(f"patch_{site}", "float32", "[L, T]", "patch",
+                f"normalised metric with layer l's `{site}` patched from the clean run into the corrupted one at position t")
+      for site in ("resid_pre", "attn_out", "mlp_out")),
+    ArraySpec("patch_heads", "float32", "[L, H]", "patch", "… with one head's output (`hook_z`) patched at every position"),
+    ArraySpec("patch_heads_pos", "float32", "[L, H, T]", "patch", "… with one head patched at one position"),
+    *(ArraySpec(f"attrpatch_{site}", "float32", shape, "attribution_patching",
+                f"attribution patching's estimate of `patch_{site}`: gradient on the corrupted run · (clean − corrupted)")
+      for site, shape in (("resid_pre", "[L, T]"), ("attn_out", "[L, T]"), ("mlp_out", "[L, T]"), ("heads", "[L, H]"),
+                          ("heads_pos", "[L, H, T]"))),
+    ArraySpec("ablate_heads", "float32", "[L, H]", "ablate",
+              "metric(head ablated at every position) − metric(clean), in the metric's units (`kl`: KL(clean ‖ ablated))"),
+    ArraySpec("ablate_mlp", "float32", "[L]", "ablate", "… with one MLP layer's output ablated"),
 )
 SETTING_FLAGS = {"always": "always", "pattern_encoding": "`--pattern-encoding`", "top_k": "`--top-k`",
                  "n_neurons": "`--neurons`", "logit_lens": "`--logit-lens`", "hooks": "`--hooks`",
                  "targets": "`--attribution` or `--logit-attribution`", "attribution": "`--attribution`",
                  "ig_tolerance": "`--attribution ig` with `--ig-tolerance`",
                  "logit_attribution": "`--logit-attribution`", "lens_trajectory": "`--lens-trajectory`",
-                 "embedding_views": "`--embedding-views`"}
+                 "embedding_views": "`--embedding-views`", "patch": "`--patch` (prompts with `corrupt`)",
+                 "attribution_patching": "`--attribution-patching`", "ablate": "`--ablate`"}
 
 
 def arrays_markdown() -> str:
@@ -199,10 +214,18 @@ class ExtractSettings:
     neuron_basis: str = "prompt"
     neuron_ids: tuple[tuple[int, ...], ...] = ()
     embedding_views: bool = False  # residuals on the model card's basis, embedding nearest neighbours
+    # Testing causes (lens_pipeline/capture/causal; docs/causal.md): sites patched from a prompt's clean run into
+    # its "corrupt" run, components ablated, and the gradient estimate of the same patching.
+    patch: tuple[str, ...] = ()  # resid_pre, attn_out, mlp_out, heads, heads_pos
+    patch_metric: str = "logit_diff"  # logit_diff, prob, logprob, kl
+    ablate: tuple[str, ...] = ()  # heads, mlp
+    ablation: str = "zero"  # zero, or mean (over the prompt set: corpus/ablation_means.py)
+    ablation_means_id: str = ""  # the mean-ablation file's digest: which means the ablation used
+    attribution_patching: bool = False
 
     def __post_init__(self) -> None:
         # Lists (JSON, keywords) and "a,b" strings become tuples, so recorded settings compare equal.
-        for name in ("hooks", "attribution"):
+        for name in ("hooks", "attribution", "patch", "ablate"):
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 parts = value.split(",") if isinstance(value, str) else value
@@ -211,7 +234,8 @@ class ExtractSettings:
             object.__setattr__(self, "neuron_ids", tuple(tuple(int(i) for i in row) for row in self.neuron_ids))
 
     def as_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self) | {"hooks": list(self.hooks), "attribution": list(self.attribution)}
+        values = dataclasses.asdict(self) | {"hooks": list(self.hooks), "attribution": list(self.attribution),
+                                             "patch": list(self.patch), "ablate": list(self.ablate)}
         defaults = _DEFAULT_VALUES
         # Explanation settings all at their defaults are left out: caches made before they existed keep their settings_id.
         if all(values[name] == defaults[name] for name in EXPLAIN_FIELDS):
@@ -222,6 +246,8 @@ class ExtractSettings:
             values["neuron_ids"] = [list(row) for row in self.neuron_ids]
         if not self.embedding_views:  # off: caches made before it existed keep their settings_id
             values.pop("embedding_views")
+        if not self.causal:  # off: caches made before patching existed keep their settings_id
+            values = {k: v for k, v in values.items() if k not in CAUSAL_FIELDS}
         if not self.ig_tolerance:  # fixed steps, as before the tolerance existed: the same settings_id
             values.pop("ig_tolerance", None)
             values.pop("ig_max_steps", None)
@@ -231,6 +257,11 @@ class ExtractSettings:
     def needs_targets(self) -> bool:
         """Whether a target is explained per prompt (input or direct logit attribution)."""
         return bool(self.attribution or self.logit_attribution)
+
+    @property
+    def causal(self) -> bool:
+        """Whether anything of lens_pipeline.capture.causal is asked for (patching, ablation)."""
+        return bool(self.patch or self.ablate)
 
     @property
     def lens_on(self) -> bool:
@@ -251,7 +282,8 @@ class ExtractSettings:
         """Whether a cache made with `recorded` settings holds everything these settings ask for:
         the same values, except that extra hooks or an extra logit lens do no harm."""
         try:
-            other = ExtractSettings(**{**recorded, "hooks": tuple(recorded.get("hooks", ()))})
+            other = ExtractSettings(**{**recorded, "hooks": tuple(recorded.get("hooks", ())),
+                                   "patch": tuple(recorded.get("patch", ())), "ablate": tuple(recorded.get("ablate", ()))})
         except TypeError:  # settings of an older version, with fields this one does not know
             return False
         extras_ok = dataclasses.replace(other, hooks=self.hooks, logit_lens=self.logit_lens,
@@ -263,6 +295,7 @@ class ExtractSettings:
 EXPLAIN_FIELDS = ("attribution", "ig_steps", "ig_baseline", "ig_rule", "ig_tolerance", "ig_max_steps",
                   "logit_attribution", "lens_trajectory", "lens_resid_mid")
 NEURON_BASIS_FIELDS = ("neuron_basis", "neuron_ids")
+CAUSAL_FIELDS = ("patch", "patch_metric", "ablate", "ablation", "ablation_means_id", "attribution_patching")
 _DEFAULT_VALUES = {f.name: f.default for f in dataclasses.fields(ExtractSettings)} | {"attribution": []}
 
 

@@ -9,7 +9,8 @@ leave one row per output. A failed append (disk full) truncates the file back to
 Caches are keyed by their settings too (`settings_id`): caches of one prompt made with other
 settings live side by side, and `current_caches()` names the newest for each (model, prompt).
 
-Row fields: kind ("cache" | "figure" | "model_card": one per model, see capture/model_card.py),
+Row fields: kind ("cache" | "figure" | "model_card" | "head_roles": one per model each, see capture/model_card.py
+and capture/head_roles.py),
 model, prompt_hash, layer, head, function, path (relative to the save path), files (every file of
 a multi-file figure), format, bytes, sha256, status ("ok" | "error" | "skipped" | "stale"; caches also
 "corrupt": the file no longer holds its recorded bytes, and "removed" by --prune), error
@@ -35,7 +36,7 @@ INDEX_NAME = "index.jsonl"
 TORN_NAME = INDEX_NAME + ".torn"  # lines taken out of the index by repair(): kept, not lost
 Key = tuple[str, str, str, str, Any, Any, str]
 VOLATILE_FIELDS = ("created", "seconds", "tool_version")  # differ between two runs of the same work
-ROW_KINDS = ("cache", "figure", "model_card")  # readers pick the kinds they use by name
+ROW_KINDS = ("cache", "figure", "model_card", "head_roles")  # readers pick the kinds they use by name
 
 
 def index_path(save_path: str | os.PathLike[str]) -> Path:
@@ -158,6 +159,17 @@ def append_rows(save_path: str | os.PathLike[str], rows: Iterable[dict[str, Any]
             return fresh
     except OSError as error:
         raise IndexWriteError(error.errno, f"cannot append to {path}: {error.strerror or error}") from error
+
+
+def model_output_current(row: dict[str, Any] | None, save_path: str | os.PathLike[str], version_field: str, version: int,
+                         model_id: str, accept_error: bool = True) -> bool:
+    """Whether a model-level output's row (the model card, head roles) is this version's for this model, its
+    files intact (with `accept_error`, one that failed for this version counts too: it is not retried on every run)."""
+    if row is None or row.get(version_field) != version or row.get("model_id") != model_id:
+        return False
+    if row.get("status") == "error":
+        return accept_error
+    return is_complete(row, save_path)
 
 
 def parse_row(line: bytes) -> dict[str, Any]:

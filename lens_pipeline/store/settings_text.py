@@ -28,7 +28,14 @@ SETTING_LABELS = {  # cache settings (ExtractSettings), in the order they are sh
     "logit_attribution": "logit attribution",
     "lens_trajectory": "lens trajectory",
     "lens_resid_mid": "lens after attention",
+    "patch": "patched sites",
+    "patch_metric": "patch metric",
+    "ablate": "ablated",
+    "ablation": "ablation",
+    "attribution_patching": "attribution patching",
 }
+# Bookkeeping the stage fills in, not a choice: its file is named elsewhere (corpus/ablation_means.py).
+HIDDEN_SETTINGS = ("ablation_means_id",)
 # Shown only when integrated gradients were computed.
 IG_SETTINGS = ("ig_steps", "ig_baseline", "ig_rule", "ig_tolerance", "ig_max_steps")
 
@@ -39,7 +46,8 @@ def settings_summary(settings: dict[str, Any] | None, resolved: dict[str, Any] |
     settings, resolved = settings or {}, resolved or {}
     pairs = []
     for name in [*SETTING_LABELS, *sorted(set(settings) - set(SETTING_LABELS))]:
-        if name not in settings or name in IG_SETTINGS and "ig" not in (settings.get("attribution") or ()):
+        if (name not in settings or name in HIDDEN_SETTINGS
+                or name in IG_SETTINGS and "ig" not in (settings.get("attribution") or ())):
             continue
         value = settings[name]
         if name == "pattern_encoding" and value in PATTERN_MAX_ERROR:

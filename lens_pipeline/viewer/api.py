@@ -17,6 +17,10 @@ GET only; every answer is JSON; bad parameters give a 4xx with {"error": message
   /api/predictions?model&prompt[&settings]   the top-k next tokens at each position, coloured
   /api/why?model&prompt[&settings]&position  why the model predicted the token after `position`: input
                                        attribution, logit attribution per head and MLP, lens trajectory
+  /api/cause?model&prompt[&settings]   testing causes: the patching metric and its two runs, patching per
+                                       stream site, heads' patching and ablation, MLPs' ablation (viewer/cause.py)
+  /api/cause_head?model&prompt[&settings]&layer&head   one head's logit attribution, patching (and per
+                                       position), ablation and head roles
   /api/next_steps?view=neurons|phrasings|pca[&model]   whether a corpus view has something to show, and
                                        if not the commands that make it (viewer/next_steps.py)
 A cache is the current one of (model, prompt) unless `settings` names another settings id.
@@ -32,6 +36,7 @@ from lens_pipeline.draw import display
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.browse import Browse
 from lens_pipeline.viewer.caches import CacheReader, IndexCaches, OneCache
+from lens_pipeline.viewer.cause import cause, cause_head
 from lens_pipeline.viewer.corpus import corpus_routes
 from lens_pipeline.viewer.live_index import LiveIndex
 from lens_pipeline.viewer.next_steps import FlagsFor, NextSteps
@@ -50,7 +55,15 @@ def cache_routes(reader: CacheReader) -> Routes:
         "/api/tokens": (reader.token_values, (*CACHE, "value", "layer", "neuron", "range")),
         "/api/predictions": (reader.predictions, CACHE),
         "/api/why": (reader.why, (*CACHE, "position")),
+        "/api/cause": (lambda params: reader.source.read(params, lambda cache, row, view: cause(cache, row)), CACHE),
+        "/api/cause_head": (lambda params: _cause_head(reader, params), (*CACHE, "layer", "head")),
     }
+
+
+def _cause_head(reader: CacheReader, params: Params) -> Any:
+    params.required("model"), params.required("prompt")  # report missing parameters in order
+    layer, head = params.integer("layer"), params.integer("head")
+    return reader.source.read(params, lambda cache, row, view: cause_head(cache, row, layer, head))
 
 
 class Api:

@@ -134,9 +134,12 @@ def recorded_settings(params: dict[str, Any]) -> ExtractSettings:
 
 def cache_settings(row: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """How a cache was made: its settings id, the settings (from its meta when open), and them as
-    [label, value] pairs; `explains`: it holds an explanation of a prediction (the `why` view)."""
+    [label, value] pairs; `explains`: it holds an explanation of a prediction (the `why` view); `tests_causes`:
+    patching or ablation (the `cause` view)."""
     params = (meta or {}).get("settings") or row.get("params") or {}
-    return {"settings_id": row.get("settings_id", ""), "settings": params, "explains": recorded_settings(params).explains,
+    recorded = recorded_settings(params)
+    return {"settings_id": row.get("settings_id", ""), "settings": params, "explains": recorded.explains,
+            "tests_causes": recorded.causal,
             "settings_text": display.settings_summary(params, meta), "created": row.get("created", "")}
 
 

@@ -6,7 +6,9 @@ input attribution over the context (tokens 0..position), the direct logit attrib
 head and MLP (the parts sum to the target's value), and the lens trajectory at that position
 (each layer's top tokens, the actual next token's probability and rank, entropy, KL to the output).
 Attribution and logit attribution exist only at the cache's target positions; the lens exists at
-every position. Colours are computed here (the page only draws them).
+every position. Colours are computed here (the page only draws them). Heads are named with their
+roles where the model has them (lens_pipeline.store.head_roles: `L18H6 · induction 0.83`); a cache
+that also tests causes (docs/causal.md) says so, and the page links each head to the `cause` view.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lens_pipeline.draw import colormap, display
+from lens_pipeline.draw.builtins import causal
 from lens_pipeline.draw.builtins.explain import ig_steps
 from lens_pipeline.store.cache import Cache
 from lens_pipeline.viewer.params import ApiError
@@ -59,7 +62,7 @@ def _attributions(cache: Cache, index: int, position: int) -> list[dict[str, Any
     return out
 
 
-def _logit_parts(cache: Cache, index: int) -> dict[str, Any] | None:
+def _logit_parts(cache: Cache, index: int, roles: dict[str, Any] | None) -> dict[str, Any] | None:
     if not cache.has("logit_attr_heads"):
         return None
     heads = cache.array("logit_attr_heads")[index].astype(np.float64)  # [L, H]
@@ -68,9 +71,11 @@ def _logit_parts(cache: Cache, index: int) -> dict[str, Any] | None:
     # Heads and MLPs on scales of their own: the last MLPs often dwarf every head.
     head_scale, mlp_scale = float(np.abs(heads).max(initial=0.0)) or 1.0, float(np.abs(mlp).max(initial=0.0)) or 1.0
     order = np.argsort(-np.abs(heads), axis=None)[:N_TOP_HEADS]
-    top = [{"layer": int(la), "head": int(h), "value": float(heads[la, h])}
+    top = [{"layer": int(la), "head": int(h), "value": float(heads[la, h]), "label": causal.head_name(roles, int(la), int(h))}
            for la, h in zip(*np.unravel_index(order, heads.shape))]
+    labels = [causal.head_name(roles, la, h) for la in range(heads.shape[0]) for h in range(heads.shape[1])]
     return {"heads": _colored(heads.ravel(), head_scale), "mlp": _colored(mlp, mlp_scale), "embed": embed, "bias": bias,
+            "labels": labels,
             "n_layers": int(heads.shape[0]), "n_heads": int(heads.shape[1]), "top_heads": top,
             "sum": float(heads.sum() + mlp.sum() + embed + bias)}
 
@@ -96,7 +101,8 @@ def _lens(cache: Cache, position: int) -> dict[str, Any] | None:
 
 def why(cache: Cache, row: dict[str, Any], position: int | None) -> dict[str, Any]:
     """The explanation of the prediction after token `position` (default: the last explained one)."""
-    if not cache.has("target_positions") and not cache.has("lens_actual_probs"):
+    causes = causal.causal_of(cache) is not None
+    if not cache.has("target_positions") and not cache.has("lens_actual_probs") and not causes:
         raise ApiError(400, "this cache explains no prediction: rerun activations with --attribution, "
                             "--logit-attribution or --lens-trajectory")
     targets = cache.array("target_positions").tolist() if cache.has("target_positions") else []
@@ -111,7 +117,7 @@ def why(cache: Cache, row: dict[str, Any], position: int | None) -> dict[str, An
         "shown_tokens": [display.token_label(t) for t in cache.tokens],
         "inline": [display.token_inline(t) for t in cache.tokens],
         "next_token": display.token_label(cache.tokens[position + 1]) if position + 1 < cache.n_tokens else None,
-        "target": None, "attributions": [], "logit": None, "lens": _lens(cache, position),
+        "target": None, "attributions": [], "logit": None, "lens": _lens(cache, position), "tests_causes": causes,
     }
     if index is None:
         where = f"positions {', '.join(map(str, targets[:12]))}{' …' if len(targets) > 12 else ''}" if targets else "none"
@@ -120,5 +126,5 @@ def why(cache: Cache, row: dict[str, Any], position: int | None) -> dict[str, An
         return answer
     answer["target"] = _target(cache, index)
     answer["attributions"] = _attributions(cache, index, position)
-    answer["logit"] = _logit_parts(cache, index)
+    answer["logit"] = _logit_parts(cache, index, causal.roles_of(cache))
     return answer

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=IG_DEFAULT_TOLERANCE)
     parser.add_argument("--max-steps", type=int, default=ExtractSettings.ig_max_steps)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--runs", default="fixed,tolerance",
+                        help="which runs: fixed, tolerance or both (a long set can run the tolerance alone)")
     parser.add_argument("--json", default=None, help="also write the results here")
     return parser
 
@@ -69,8 +71,9 @@ def print_table(results: dict[str, Any]) -> None:
         used = ", ".join(f"{count} × {steps}" for steps, count in run["steps_used"].items())
         print(markdown_row([run["run"], run["prompts"], f"{run['seconds']:.1f}", f"{run['error_max']:.2%}",
                             f"{run['error_median']:.2%}", used, len(run["over_tolerance"])]))
-    fixed, adaptive = results["runs"]
-    print(f"\ncost of the tolerance: {adaptive['seconds'] / fixed['seconds']:.2f}x the fixed run's time")
+    if len(results["runs"]) == 2:
+        fixed, adaptive = results["runs"]
+        print(f"\ncost of the tolerance: {adaptive['seconds'] / fixed['seconds']:.2f}x the fixed run's time")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = lines[: args.limit] if args.limit else lines
     with scratch("bench_ig_") as work:
         prompts = write_jsonl(work / "prompts.jsonl", [json.loads(line) for line in lines if line.strip()])
-        runs = [measure(args, prompts, work, f"fixed {args.fixed}", ig_options(args.fixed, None)),
-                measure(args, prompts, work, f"tolerance {args.tolerance:.2%}",
-                        {**ig_options(None, args.tolerance), "ig_max_steps": args.max_steps})]
+        chosen = {name.strip() for name in args.runs.split(",")}
+        runs = []
+        if "fixed" in chosen:
+            runs.append(measure(args, prompts, work, f"fixed {args.fixed}", ig_options(args.fixed, None)))
+        if "tolerance" in chosen:
+            runs.append(measure(args, prompts, work, f"tolerance {args.tolerance:.2%}",
+                                {**ig_options(None, args.tolerance), "ig_max_steps": args.max_steps}))
     label = f"{args.prompts}" + (f" (first {args.limit})" if args.limit else "")
     results = {"model": args.model, "prompts": label, "runs": runs}
     print_table(results)

@@ -31,9 +31,9 @@ from lens_pipeline.capture.explain.targets import BatchTargets
 
 
 def model_dtype(settings: ExtractSettings) -> str:
-    """The dtype to load the model in: float32 when explaining with dtype "auto" (gradients and
-    attribution sums in float16 would lose the error bounds the tests hold them to), else as asked."""
-    return "float32" if settings.dtype == "auto" and settings.explains else settings.dtype
+    """The dtype to load the model in: float32 when explaining or patching with dtype "auto" (gradients,
+    attribution sums and normalised patching in float16 would lose the bounds the tests hold them to), else as asked."""
+    return "float32" if settings.dtype == "auto" and (settings.explains or settings.causal) else settings.dtype
 
 
 def check_settings(settings: ExtractSettings) -> None:

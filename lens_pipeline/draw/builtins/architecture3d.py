@@ -26,6 +26,7 @@ from lens_pipeline.draw.builtins.plotting import title_for
 from lens_pipeline.draw.interactive import Interactive, Link
 from lens_pipeline.draw.registry import SkipFigure, register_figure
 from lens_pipeline.store.cache import Cache
+from lens_pipeline.store.head_roles import role_text, roles_beside
 
 # The `color` choices and what each shows: (colour bar title, colour map, what a hover calls it).
 COLORS: dict[str, tuple[str, str, str]] = {
@@ -48,6 +49,9 @@ def head_points(cache: Cache, color: str) -> tuple[Any, list[Link]]:
     entropy, first = stats["entropy"].ravel(), stats["first_token_share"].ravel()
     links = [Link(f"L{int(l_)} H{int(h)}", {"view": "head", "model": cache.model, "prompt": cache.prompt_hash,
                                             "layer": int(l_), "head": int(h)}) for l_, h in zip(layer, head)]
+    roles = roles_beside(cache.path)  # each head's role where the model's head roles give it one
+    named = [f"L{int(l_)} H{int(h)}" + (f" · {text}" if (text := role_text(roles, int(l_), int(h))) else "")
+             for l_, h in zip(layer, head)]
     marker: dict[str, Any] = {"size": 7, "symbol": "square", "line": {"width": 0}}
     if color in ("entropy", "first_token"):
         values = entropy if color == "entropy" else first
@@ -61,8 +65,8 @@ def head_points(cache: Cache, color: str) -> tuple[Any, list[Link]]:
     trace = go.Scatter3d(
         x=x, y=np.zeros_like(x), z=layer, mode="markers", name="attention heads", marker=marker,
         customdata=np.arange(len(links)),
-        hovertext=[f"L{int(l_)} H{int(h)} · click to open the head<br>entropy {e:.7g} nats<br>first-token share {f:.7g}"
-                   for l_, h, e, f in zip(layer, head, entropy, first)],
+        hovertext=[f"{name} · click to open the head<br>entropy {e:.7g} nats<br>first-token share {f:.7g}"
+                   for name, e, f in zip(named, entropy, first)],
         hoverinfo="text")
     return trace, links
 

@@ -27,6 +27,7 @@ from lens_pipeline.draw import canvas, colormap
 from lens_pipeline.draw.builtins.plotting import label_ticks, new_figure, title_for, token_labels
 from lens_pipeline.draw.registry import SkipFigure, register_figure
 from lens_pipeline.store.cache import Cache
+from lens_pipeline.store.head_roles import role_text, roles_beside
 
 BACKGROUND = (255, 255, 255)
 LABEL_COLOR = (40, 40, 40)
@@ -89,7 +90,23 @@ def pixel_scale(n_tokens: int, side: int) -> int:
     return max(1, round(side / max(n_tokens, 1)))
 
 
-CAPTION_LINES = 2  # under a one-head picture: "L5 H3 · sqrt scale" and the first-token choice
+def head_name(cache: Cache, layer: int, head: int) -> str:
+    """`L18 H6`, and the head's role where the model's head roles give it one: `L18 H6 · induction 0.83`."""
+    text = role_text(roles_beside(cache.path), layer, head)
+    return f"L{layer} H{head} · {text}" if text else f"L{layer} H{head}"
+
+
+# Under a one-head picture: "L5 H3 · sqrt scale", the first-token choice and the head's role (blank without one).
+CAPTION_LINES = 3
+
+
+def tile_label(cache: Cache, layer: int, head: int, width: int) -> str:
+    """`head_name` within `width` px (a tile and its gap, so not over the next label): its role's
+    score left out first, then the role cut."""
+    name = head_name(cache, layer, head)
+    if canvas.text_width(name) > width and " · " in name:
+        name = name.rsplit(" ", 1)[0]  # "L18 H6 · induction"
+    return canvas.fit_text(name, width)
 
 
 @register_figure(scope="head", formats="png")
@@ -104,7 +121,9 @@ def attention_heatmap(cache: Cache, layer: int, head: int, cmap: str = colormap.
     image.putpalette(colormap.palette(cmap))
     image.paste(colormap.indexed_image(cells, cmap), (0, 0))
     first = "first token left out" if first_shown(cache.n_tokens, skip_first) else "all tokens"
-    for row, text in enumerate((f"L{layer} H{head} · {scale} scale", first)):
+    role = role_text(roles_beside(cache.path), layer, head)
+    lines = [f"L{layer} H{head} · {scale} scale", first] + ([canvas.fit_text(f"role: {role}", width - 4)] if role else [])
+    for row, text in enumerate(lines):
         image.paste(colormap.N_COLORS - 1, (2, cells.shape[0] + 1 + row * line), canvas.text_mask(text))
     return image
 
@@ -129,7 +148,7 @@ def attention_labeled(cache: Cache, layer: int, head: int, cmap: str = colormap.
     label_ticks(axes, "y", labels, fontsize=9)
     axes.set_xlabel("key (attended to)")
     axes.set_ylabel("query (attending)")
-    axes.set_title(title_for(cache, f"L{layer} H{head}") + "\n" + statement(n, scale, skip_first), fontsize=9)
+    axes.set_title(title_for(cache, head_name(cache, layer, head)) + "\n" + statement(n, scale, skip_first), fontsize=9)
     bar = figure.colorbar(image, ax=axes, shrink=0.8, label=f"attention weight ({scale} scale)")
     weights = SCALE_TICKS.get(scale, SCALE_TICKS["linear"])
     bar.set_ticks([float(colormap.scaled(np.float32(w), scale)) for w in weights], labels=[f"{w:g}" for w in weights])
@@ -239,7 +258,7 @@ def attention_layer_grid(cache: Cache, layer: int, cmap: str = colormap.ATTENTIO
     picture = canvas.Canvas.from_array(_with_key(_paste_tiles(layout, tiles, cmap), cmap, scale, cache.n_tokens, skip_first))
     for head in range(cache.n_heads):
         x, y = layout.origin(*divmod(head, layout.cols))
-        picture.text(x, y - LABEL_HEIGHT - 2, f"L{layer} H{head}", color=LABEL_COLOR)
+        picture.text(x, y - LABEL_HEIGHT - 2, tile_label(cache, layer, head, layout.side + layout.gap - 4), color=LABEL_COLOR)
     picture.cmaps.add(cmap)
     return picture.finish()  # a palette PNG: a third of the bytes of RGB, and faster to encode
 

@@ -5,6 +5,7 @@
 // Colours, value kinds, token display strings and labels come from Python (the display facts and
 // each answer); the modules only draw them.
 import { SUMMARY, api, loadFacts, loadSummary, offers, summaryLoaded, useSource } from "./data.js";
+import { cause } from "./cause.js";
 import { compare } from "./compare.js";
 import { figure } from "./figure.js";
 import { grid } from "./grid.js";
@@ -21,7 +22,8 @@ import { why } from "./why.js";
 import { byId, el, errorBox, hideTooltip, listen, readHash, setRoot, showBanner, useNavigator } from "./util.js";
 
 const POLL_MS = 5000;
-export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions, why, neurons, phrasings, pca };
+export const views = { grid, prompts, figure, knit, head, tokens, compare, overview, predictions, why, cause, neurons, phrasings,
+  pca };
 
 // Show the view the state names in `root`'s #main. `root`: this document, or a widget's shadow
 // root; `source`: where answers come from (data.js); `navigator`: where the view state lives

@@ -20,6 +20,8 @@ function promptCard(row) {
         el("a", { class: "button secondary", href: hashFor({ view: "predictions", model: row.model, prompt: row.prompt_hash }), text: "Predictions" }),
         row.explains ? el("a", { class: "button secondary", href: hashFor({ view: "why", model: row.model, prompt: row.prompt_hash }),
                                  text: "Why this token" }) : null,
+        row.tests_causes ? el("a", { class: "button secondary", href: hashFor({ view: "cause", model: row.model, prompt: row.prompt_hash }),
+                                     text: "Testing causes" }) : null,
         el("a", { class: "button secondary", href: hashFor({ view: "grid", model: row.model, prompt: row.prompt_hash }), text: "Figures" }))]);
 }
 

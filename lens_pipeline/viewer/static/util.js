@@ -232,3 +232,17 @@ export function pager(container, sentinel, fetchPage, renderRow, onTotal) {
   observer.observe(sentinel);
   return () => { stopped = true; observer.disconnect(); };
 }
+
+// A cell painted with the colours Python computed for it.
+export function painted(node, colour, textColour) {
+  node.style.background = colour;
+  node.style.color = textColour;
+  return node;
+}
+
+// A hover tooltip of tipRow rows on a node.
+export function tip(node, ...rows) {
+  node.addEventListener("mousemove", (event) => showTooltip(event, el("div", { class: "tip" }, ...rows)));
+  node.addEventListener("mouseleave", hideTooltip);
+  return node;
+}

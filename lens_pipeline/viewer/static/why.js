@@ -1,22 +1,11 @@
 // "Why this token": click a position, see why the model predicted the token after it: the input
 // attribution over its context, the heads and MLPs that wrote the target's logit (click a head to
-// open it), and the lens trajectory at that position. Python reads and colours everything
-// (lens_pipeline/viewer/why.py, GET /api/why); this module draws it.
+// open it, or, when the cache also tests causes, to see its patching and ablation in the cause
+// view), and the lens trajectory at that position. Python reads, colours and names everything
+// (lens_pipeline/viewer/why.py, GET /api/why; heads by their roles); this module draws it.
 import { api, legendBar, openCache } from "./data.js";
 import { settingsLine } from "./figures.js";
-import { el, formatValue, go, hashFor, hideTooltip, promptTitle, range, showTooltip, tipRow } from "./util.js";
-
-function painted(node, colour, textColour) {
-  node.style.background = colour;
-  node.style.color = textColour;
-  return node;
-}
-
-function tip(node, ...rows) {
-  node.addEventListener("mousemove", (event) => showTooltip(event, el("div", { class: "tip" }, ...rows)));
-  node.addEventListener("mouseleave", hideTooltip);
-  return node;
-}
+import { el, formatValue, go, hashFor, painted, promptTitle, range, tip, tipRow } from "./util.js";
 
 function signedLegend(title, colored) {
   return el("div", { class: "legend" }, el("span", { class: "legend-title", text: title }),
@@ -53,14 +42,16 @@ function logitPanel(data, where) {
   const logit = data.logit;
   if (!logit) return el("p", { class: "muted", text: "No logit attribution in this cache (made without --logit-attribution)." });
   const headLink = (l, h) => hashFor(Object.assign({ view: "head", layer: l, head: h }, where));
+  const causeLink = (l, h) => hashFor(Object.assign({ view: "cause", layer: l, head: h }, where));
   const cell = (l, h) => {
     const i = l * logit.n_heads + h;
     const v = logit.heads.values[i];
-    return el("td", {}, tip(painted(el("a", { class: "why-cell", href: headLink(l, h), dataset: { layer: l, head: h, value: String(v) },
-                                              "aria-label": `layer ${l} head ${h}: ${formatValue(v)}` }),
+    return el("td", {}, tip(painted(el("a", { class: "why-cell", href: data.tests_causes ? causeLink(l, h) : headLink(l, h),
+                                              dataset: { layer: l, head: h, value: String(v) },
+                                              "aria-label": `${logit.labels[i]}: ${formatValue(v)}` }),
                                     logit.heads.colors[i], logit.heads.text_colors[i]),
-      tipRow("head", el("strong", { text: `L${l}H${h}` })), tipRow("logit part", el("strong", { text: formatValue(v) })),
-      el("div", { class: "muted small", text: "click to open this head" })));
+      tipRow("head", el("strong", { text: logit.labels[i] })), tipRow("logit part", el("strong", { text: formatValue(v) })),
+      el("div", { class: "muted small", text: data.tests_causes ? "click for its patching, ablation and roles" : "click to open this head" })));
   };
   const rows = range(logit.n_layers).map((l) => el("tr", {},
     el("th", { scope: "row", class: "muted small", text: `L${l}` }), range(logit.n_heads).map((h) => cell(l, h)),
@@ -78,8 +69,10 @@ function logitPanel(data, where) {
         el("tbody", {}, rows)),
       el("div", { class: "why-top" }, el("h3", { text: "Heads that wrote it most" }),
         el("ol", {}, logit.top_heads.map((t) => el("li", {},
-          el("a", { href: headLink(t.layer, t.head), dataset: { layer: t.layer, head: t.head }, text: `L${t.layer}H${t.head}` }),
-          el("span", { text: ` ${formatValue(t.value)}` })))),
+          el("a", { href: headLink(t.layer, t.head), dataset: { layer: t.layer, head: t.head }, text: t.label }),
+          el("span", { text: ` ${formatValue(t.value)}` }),
+          data.tests_causes ? [" · ", el("a", { class: "why-cause", href: causeLink(t.layer, t.head), dataset: { layer: t.layer, head: t.head },
+                                                text: "causes" })] : null))),
         el("p", { class: "muted small" }, `embeddings ${formatValue(logit.embed)} · biases ${formatValue(logit.bias)} · `,
           `all parts sum to ${formatValue(logit.sum)}`))),
   ];
@@ -127,6 +120,8 @@ export async function why(main, params) {
     settingsLine(info),
     positionPicker(data, choose),
     el("p", { class: "why-heading", text: heading }),
+    data.tests_causes ? el("p", {}, el("a", { class: "button secondary why-to-cause", href: hashFor(Object.assign({ view: "cause" }, where)),
+                                              text: "Testing causes: patching and ablation" })) : null,
     data.unexplained ? el("p", { class: "note", text: data.unexplained }) : null,
     // el() flattens one level of arrays: the panels' arrays are spread here.
     ...(target ? [el("h2", { text: "Attribution over the context" }), attributionPanel(data),
