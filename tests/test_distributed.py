@@ -109,8 +109,8 @@ def test_activations_on_ray_equal_a_single_process_run(tmp_path: Path) -> None:
     assert (on_ray.written, on_ray.failed) == (single.written, single.failed) == (len(TEXTS), 0)
 
     def rows(save_path: Path) -> list[dict]:
-        # Everything but the time a row was written; equal sha256 means byte-identical caches.
-        return sorted(({k: v for k, v in r.items() if k != "created"} for r in index.read_rows(save_path)),
+        # Everything but when a row was written and how long it took; equal sha256 means byte-identical caches.
+        return sorted(({k: v for k, v in r.items() if k not in index.VOLATILE_FIELDS} for r in index.read_rows(save_path)),
                       key=lambda r: r["prompt_hash"])
 
     assert rows(tmp_path / "ray") == rows(tmp_path / "single")  # one row per prompt, no more, same content
@@ -156,3 +156,19 @@ def test_figures_on_ray_equal_a_single_process_run_including_a_notebook_figure(t
 
     assert rows(tmp_path / "ray") == rows(tmp_path / "single")
     assert (again.written, again.skipped) == (0, single.written)
+
+
+def test_patching_and_mean_ablation_on_ray_equal_a_single_process_run(tmp_path: Path) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": t, "corrupt": {"noise": [0, 1], "seed": i}}
+                                                 for i, t in enumerate(TEXTS[:4])])
+    kwargs = dict(random_weights=True, progress=False, batch_size=1, patch="resid_pre,heads", ablate="heads,mlp",
+                  ablation="mean", attribution_patching=True)
+    single = run_activations("tiny-llama", prompts, tmp_path / "single", **kwargs)
+    on_ray = run_activations("tiny-llama", prompts, tmp_path / "ray", ray="auto", **kwargs)
+    assert (on_ray.written, on_ray.failed) == (single.written, single.failed) == (4, 0)
+    for row in (r for r in index.read_rows(tmp_path / "single") if r["kind"] == "cache"):
+        with Cache(tmp_path / "single" / row["path"]) as a, Cache(tmp_path / "ray" / row["path"]) as b:
+            assert a.has("patch_heads") and a.has("ablate_mlp") and a.names() == b.names()
+            for name in (n for n in a.names() if n.startswith(("patch_", "attrpatch_", "ablate_"))):
+                # a worker's torch may use other thread counts than this process: float32 sums to rounding
+                np.testing.assert_allclose(a.array(name), b.array(name), atol=1e-5, err_msg=name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -82,9 +81,10 @@ def resolve_means(
 
     model = model or model_sources.load_model(source, device, explain.model_dtype(settings))
     means, count = streaming_means(model, texts, settings, batch_size, log)
-    buffer = io.BytesIO()
-    np.savez(buffer, tokens=np.array(count), **{name: value.astype(np.float32) for name, value in means.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buffer.getvalue())
+    from lens_pipeline.capture.model_card import npz_bytes
+
+    # Fixed zip times: the same means give the same bytes, so the same digest in every cache's settings.
+    data = npz_bytes({"tokens": np.array(count), **{name: value.astype(np.float32) for name, value in sorted(means.items())}})
+    write_atomic(path, data)
     log(f"{source.name}: mean activations over {count} token(s) written to {path}")
     return dataclasses.replace(settings, ablation_means_id=digest(path)), model
