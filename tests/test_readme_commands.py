@@ -38,7 +38,7 @@ VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin" / "python").exists(
 SKIPPED = {
     "make run": "creates .venv (about 6 minutes the first time) and caches the 30 quotes; the tour runs the same "
                 "two stages on data/small.jsonl",
-    "make test": "runs this test suite (about 17 minutes)",
+    "make test": "runs this test suite (about 30 minutes)",
     "python -m lens_pipeline.activations --prompts data/causal.jsonl --save-path attn_data --patch resid_pre,heads "
     "--ablate heads,mlp --attribution-patching": "patches four pairs (minutes); tests/test_causal.py runs the same "
                                                   "flags from the command line on two of them",
