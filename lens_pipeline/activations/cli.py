@@ -152,13 +152,22 @@ def settings_from_args(args: argparse.Namespace) -> ActivationsSettings:
             ig_baseline=args.ig_baseline, ig_rule=args.ig_rule,
             logit_attribution=args.logit_attribution, lens_trajectory=args.lens_trajectory or args.lens_resid_mid,
             lens_resid_mid=args.lens_resid_mid, embedding_views=args.embedding_views,
-            patch="resid_pre,attn_out,mlp_out,heads,heads_pos" if args.patch.strip() == "all" else args.patch,
+            patch=patch_sites(args.patch),
             patch_metric=args.patch_metric, ablate=args.ablate, ablation=args.ablation,
             attribution_patching=args.attribution_patching,
         ),
         batch_size=args.batch_size, device=args.device, random_weights=args.random_weights, ray=args.ray,
         force=args.force, prune=args.prune, strict=args.strict, progress=not args.quiet,
     )
+
+
+def patch_sites(flag: str) -> str | tuple[str, ...]:
+    """--patch as given, or every site for "all" (imported only then: the causal package loads torch)."""
+    if flag.strip() != "all":
+        return flag
+    from lens_pipeline.capture.causal.sites import PATCH_SITES
+
+    return PATCH_SITES
 
 
 IG_START_STEPS = ExtractSettings.ig_steps

@@ -50,7 +50,6 @@ def run_activations(
     """Run the stage from Python; returns counts. `settings`, or its fields as keywords (batch_size=4,
     logit_lens=True, ...; see ActivationsSettings and ExtractSettings). Raises ModelLoadError,
     PromptFileError, SavePathError."""
-    from lens_pipeline.capture import head_roles, model_card
     from lens_pipeline.capture import models as model_sources
 
     settings = settings or ActivationsSettings.build(**options)
@@ -103,11 +102,9 @@ def run_activations(
             summary.failed += failed
         else:
             log(f"{source.name}: all {len(good)} prompts already cached in {save_path}")
-            if not (model_card.is_current(save_path, source, newest)  # a save path from before model cards
-                    and head_roles.is_current(save_path, source, newest)):  # or before head roles
-                model = model or model_sources.load_model(source, settings.device, settings.extract.dtype)
-                model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
-                head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
+            if not model_outputs_current(save_path, source, newest):  # a save path from before model cards or head roles
+                ensure_model_outputs(model or model_sources.load_model(source, settings.device, settings.extract.dtype),
+                                     save_path, log)
                 summary.models_loaded.append(source.name)
         if settings.prune:
             summary.pruned += prune_caches(source, save_path, log)
@@ -134,25 +131,38 @@ def _run_model(
     source: ModelSource, todo: Todo, save_path: Path, settings: ActivationsSettings, log: Callable[[str], None],
     model: Any = None,
 ) -> tuple[int, int]:
-    from lens_pipeline.capture import explain, head_roles, model_card
+    from lens_pipeline.capture import explain, model_card
     from lens_pipeline.capture import models as model_sources
 
     if settings.ray:
         counts = run_on_ray(source, todo, save_path, settings, log)
-        # The workers' models are gone: the card and the head roles are made here.
-        if not (model_card.is_current(save_path, source) and head_roles.is_current(save_path, source)):
-            model = model or model_sources.load_model(source, "cpu", explain.model_dtype(settings.extract))
-            model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
-            head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
+        if not model_outputs_current(save_path, source):  # the workers' models are gone: the card and roles are made here
+            ensure_model_outputs(model or model_sources.load_model(source, "cpu", explain.model_dtype(settings.extract)),
+                                 save_path, log)
         return counts
     log(f"{source.name}: {len(todo)} prompt(s) to run; loading model ...")
     model = model or model_sources.load_model(source, settings.device, explain.model_dtype(settings.extract))
     model_card.load_basis(save_path, source)  # --embedding-views projects on the saved card's basis when there is one
     counts = run_prompts(model, todo, save_path, settings.extract, batch_size=settings.batch_size,
                          progress=settings.progress, log=log)
-    model_card.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)  # after the caches: they come first
-    head_roles.ensure(model, save_path, functools.partial(index.append_rows, save_path), log)
+    ensure_model_outputs(model, save_path, log)  # after the caches: they come first
     return counts
+
+
+def model_outputs_current(save_path: Path, source: ModelSource, newest: dict[index.Key, dict[str, Any]] | None = None) -> bool:
+    """Whether the save path holds this version's model card and head roles of `source`."""
+    from lens_pipeline.capture import head_roles, model_card
+
+    return model_card.is_current(save_path, source, newest) and head_roles.is_current(save_path, source, newest)
+
+
+def ensure_model_outputs(model: Any, save_path: Path, log: Callable[[str], None]) -> None:
+    """The model-level outputs (the model card, then the head roles), each written once per model and version."""
+    from lens_pipeline.capture import head_roles, model_card
+
+    record = functools.partial(index.append_rows, save_path)
+    model_card.ensure(model, save_path, record, log)
+    head_roles.ensure(model, save_path, record, log)
 
 
 def prune_caches(source: ModelSource, save_path: Path, log: Callable[[str], None]) -> list[str]:

@@ -38,5 +38,4 @@ def ablate(bridge: Any, ids: list[int], site: str, shape: tuple[int, int], metri
     """metric(ablated) − metric(clean) per component, in the metric's units (for "kl": KL(clean ‖ ablated))."""
     edits, out_shape = ablate_edits(site, *shape)
     values = edited_metric(bridge, ids, [], edits, replacement, metric, row_tokens)
-    base = 0.0 if metric.name == "kl" else clean
-    return (values.numpy() - base).astype(np.float32).reshape(out_shape)
+    return (values.numpy() - clean).astype(np.float32).reshape(out_shape)

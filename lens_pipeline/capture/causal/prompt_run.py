@@ -66,9 +66,9 @@ def causal_arrays(
                 arrays[ESTIMATE_PREFIX + site] = stored.get(ESTIMATE_PREFIX + site, estimates.get(site))
             meta["attribution_patching_correlation"] = {
                 site: patching.correlation(arrays[PATCH_PREFIX + site], arrays[ESTIMATE_PREFIX + site]) for site in patch_sites}
+    replacement = ablation.replacements(settings.ablation, means, len(ids), clean_acts)
     for site in settings.ablate:
         name = ABLATE_PREFIX + site
-        replacement = ablation.replacements(settings.ablation, means, len(ids), clean_acts)
         arrays[name] = stored[name] if name in stored else ablation.ablate(
             bridge, ids, site, shape, metric, clean, replacement, row_tokens)
     meta["reused"] = sorted(name for name in arrays if name in stored)
